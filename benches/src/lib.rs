@@ -1,0 +1,2 @@
+//! fdlink benchmarks (see `cargo xtask bench`).
+#![forbid(unsafe_code)]

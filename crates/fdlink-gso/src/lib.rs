@@ -1,0 +1,3 @@
+//! fdlink-gso (in progress).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Shared helpers for fdlink integration tests (namespaces, kernel peers).
+#![forbid(unsafe_code)]
