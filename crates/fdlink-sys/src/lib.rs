@@ -1,6 +1,71 @@
-//! fdlink-sys (in progress).
+//! Raw Linux syscalls for fdlink: the only crate of the workspace with
+//! `unsafe` code, kept thin so every block can be checked by eye.
+//!
+//! What it offers, each in its own module:
+//!
+//! - [`fd`]: descriptor facts (socket or not, family, type) and non-blocking
+//!   mode.
+//! - [`io`]: one-packet I/O (`read`/`readv`/`write`/`writev`,
+//!   `recvmsg`/`sendmsg`), `EINTR` retried, `EAGAIN` as
+//!   [`std::io::ErrorKind::WouldBlock`], truncation reported.
+//! - [`mmsg`]: `recvmmsg`/`sendmmsg` over preallocated, reused arrays.
+//! - [`wait`]: readiness of a data descriptor *or* a stop `eventfd`, with
+//!   `ppoll` (never `select`).
+//! - [`tun`]: TUN/TAP devices, multi-queue, virtio-net headers and offloads.
+//! - [`packet`]: `AF_PACKET` sockets, fanout groups, virtio-net headers.
+//! - [`ring`]: the `AF_PACKET` mmap receive ring.
+//!
+//! # Kernel features and fallbacks
+//!
+//! Features are probed where they are set up, never assumed: the TUN offload
+//! set the kernel accepts is returned to the caller (UDP segmentation
+//! offload, Linux 6.2+, is dropped quietly when refused); a fanout group id
+//! is chosen by the kernel where it can (`PACKET_FANOUT_FLAG_UNIQUEID`) and
+//! derived from the process id otherwise; ring sizes follow the running
+//! kernel's page size.
+//!
+//! # Example
+//!
+//! ```
+//! use std::os::fd::AsFd;
+//! use fdlink_sys::{fd, mmsg};
+//!
+//! let (a, b) = fd::socketpair(fd::SocketType::SeqPacket)?;
+//! fd::set_nonblocking(a.as_fd())?;
+//! let mut tx = mmsg::SendMmsg::new(4);
+//! tx.send(b.as_fd(), [[&b"hello"[..], &[][..], &[][..]]])?;
+//!
+//! let mut rx = mmsg::RecvMmsg::new(4);
+//! let mut bufs = vec![vec![0u8; 1500]; 4];
+//! let mut infos = [fdlink_sys::io::RecvInfo::default(); 4];
+//! let n = rx.recv(a.as_fd(), &mut bufs, &mut infos)?;
+//! assert_eq!((n, infos[0].len), (1, 5));
+//! # Ok::<(), std::io::Error>(())
+//! ```
 #![warn(missing_docs)]
 
+pub mod fd;
+pub mod io;
+pub mod mmsg;
 pub mod packet;
 pub mod ring;
 pub mod tun;
+pub mod wait;
+
+/// Turns a `-1` return into the thread's `errno` as an [`std::io::Error`].
+pub(crate) fn cvt(rc: libc::c_int) -> std::io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// [`cvt`] for calls that return a byte count.
+pub(crate) fn cvt_size(rc: libc::ssize_t) -> std::io::Result<usize> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
