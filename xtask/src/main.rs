@@ -1,3 +1,64 @@
-fn main() {
-    println!("xtask: todo");
+//! fdlink's project tasks, run as `cargo xtask <task>` (alias in
+//! `.cargo/config.toml`). Std-only on purpose: it must build on a fresh
+//! machine with nothing but the Rust toolchain.
+//!
+//! Each task lives in its own module; [`cmd`] holds the shared helpers for
+//! running commands and timing steps.
+
+mod bench;
+mod ci;
+mod cmd;
+mod fuzz;
+mod valgrind;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  ci                 fmt, clippy, test, examples, doc, deny, package;
+                     runs every step, then exits non-zero if any failed
+  bench [--quick]    benchmarks (not yet implemented)
+  fuzz [--cases N]   property/fuzz runs (not yet implemented)
+  valgrind           tests under valgrind (not yet implemented)
+  help               this message
+";
+
+/// Exit code for usage errors and for tasks that are not implemented yet.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    };
+    match (task.as_str(), rest) {
+        ("ci", []) => ci::run(),
+        ("bench", rest) => bench::run(rest),
+        ("fuzz", rest) => fuzz::run(rest),
+        ("valgrind", []) => valgrind::run(),
+        ("help" | "-h" | "--help", _) => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        ("ci" | "valgrind", [arg, ..]) => {
+            usage_error(task, &format!("unexpected argument `{arg}`"))
+        }
+        (other, _) => usage_error(other, "unknown task"),
+    }
+}
+
+/// Prints a usage error for `task` and returns the matching exit code.
+fn usage_error(task: &str, msg: &str) -> ExitCode {
+    eprintln!("xtask {task}: {msg}\n");
+    eprint!("{USAGE}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Reports a task that exists in the CLI but has no implementation yet.
+fn not_implemented(task: &str) -> ExitCode {
+    eprintln!("xtask {task}: not yet implemented");
+    ExitCode::from(EXIT_USAGE)
 }
