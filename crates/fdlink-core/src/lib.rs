@@ -1,3 +1,65 @@
-//! fdlink-core (in progress).
+//! fdlink-core: a link endpoint over boundary-preserving packet descriptors.
+//!
+//! One read returns one packet on a TUN/TAP queue, an `AF_PACKET` socket,
+//! one end of a `SOCK_SEQPACKET`/`SOCK_DGRAM` socketpair — or any
+//! [`PacketIo`] object (the Wintun case). An [`Endpoint`] turns a set of
+//! such channels into a link for a userspace TCP/IP stack:
+//!
+//! - receive by pulling batches ([`Endpoint::recv_batch`]) or by attaching
+//!   a [`Dispatcher`] that reader threads hand batches to;
+//! - send batches ([`Endpoint::send`]) with `sendmmsg` on sockets, on the
+//!   channel each packet's flow hash picks;
+//! - Ethernet framing, inbound checks (a bad frame is dropped and counted,
+//!   the reader carries on), statistics with drops by [`DropReason`], a
+//!   closed callback run exactly once with its [`CloseReason`].
+//!
+//! The core knows nothing of any stack; `fdlink-gso` adds offloads and
+//! `fdlink-smoltcp` a smoltcp device.
+//!
+//! # Example
+//!
+//! ```
+//! use std::os::fd::AsFd;
+//! use fdlink_core::{Endpoint, Options, OutPacket};
+//! use fdlink_sys::fd::{socketpair, SocketType};
+//!
+//! let (ours, peer) = socketpair(SocketType::SeqPacket)?;
+//! let endpoint = Endpoint::new(Options::new().fd(ours).mtu(1500))?;
+//!
+//! // The peer writes an IPv4 packet; we pull it.
+//! let mut packet = [0u8; 28];
+//! packet[0] = 0x45;
+//! fdlink_sys::io::write(peer.as_fd(), &packet)?;
+//! let mut batch = endpoint.new_batch();
+//! assert_eq!(endpoint.recv_batch(&mut batch)?, 1);
+//! assert_eq!(batch.get(0).unwrap().network(), &packet);
+//!
+//! // And send one back.
+//! assert_eq!(endpoint.send(&[OutPacket::ip(&packet)]).sent, 1);
+//! assert_eq!(endpoint.stats().tx_packets, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod batch;
+mod caps;
+mod channel;
+mod dispatch;
+mod endpoint;
+pub mod link;
+mod options;
+mod packet_io;
+mod stats;
+
+pub use batch::{Batch, Packet};
+pub use caps::Capabilities;
+pub use dispatch::Dispatcher;
+pub use endpoint::{CloseReason, Closed, Endpoint, OutPacket, SendOutcome};
+pub use link::{EtherType, MacAddr};
+pub use options::{
+    ClosedCallback, DEFAULT_BATCH_SIZE, DEFAULT_MTU, DEFAULT_SEND_TIMEOUT, DispatchMode,
+    MAX_BATCH_SIZE, Options, OptionsError,
+};
+pub use packet_io::{MemoryPacketIo, PacketIo, memory_pair};
+pub use stats::{DropCounts, DropReason, StatsSnapshot};

@@ -1,0 +1,271 @@
+//! One packet channel — a descriptor or a [`PacketIo`] object — and the raw
+//! frame I/O on it: reading into a batch's free buffers, writing a chunk of
+//! outgoing frames.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fdlink_sys::fd::{FdKind, SocketType};
+use fdlink_sys::io::RecvInfo;
+use fdlink_sys::mmsg::{PacketParts, RecvMmsg, SendMmsg};
+use fdlink_sys::wait::{self, Interest, Readiness, StopEvent};
+
+use crate::batch::Batch;
+use crate::endpoint::CloseReason;
+use crate::link::ethernet;
+use crate::options::DispatchMode;
+use crate::packet_io::PacketIo;
+
+/// Scratch space for writing, reused by every send on a channel.
+#[derive(Debug)]
+pub(crate) struct TxScratch {
+    pub(crate) mmsg: SendMmsg,
+    pub(crate) link_headers: Vec<[u8; ethernet::HEADER_LEN]>,
+    pub(crate) picked: Vec<usize>,
+}
+
+pub(crate) enum Io {
+    Fd { fd: OwnedFd, kind: FdKind },
+    Object(Arc<dyn PacketIo>),
+}
+
+/// A channel: its I/O object and its reusable send state.
+pub(crate) struct Channel {
+    pub(crate) io: Io,
+    pub(crate) tx: Mutex<TxScratch>,
+}
+
+/// What one read attempt produced.
+pub(crate) enum ReadResult {
+    /// `n` frames were read into the first `n` free buffers; their infos
+    /// are in the matching info slots.
+    Frames(usize),
+    /// Nothing is queued.
+    Empty,
+    /// The channel is finished.
+    Closed(CloseReason),
+}
+
+/// What a wait for input produced.
+pub(crate) enum WaitResult {
+    Ready,
+    Stopped,
+    TimedOut,
+}
+
+impl Channel {
+    pub(crate) fn new(io: Io, batch_size: usize) -> Self {
+        Channel {
+            io,
+            tx: Mutex::new(TxScratch {
+                mmsg: SendMmsg::new(batch_size),
+                link_headers: vec![[0; ethernet::HEADER_LEN]; batch_size],
+                picked: Vec::with_capacity(batch_size),
+            }),
+        }
+    }
+
+    fn is_seqpacket(&self) -> bool {
+        matches!(
+            self.io,
+            Io::Fd {
+                kind: FdKind::Socket {
+                    socket_type: SocketType::SeqPacket,
+                    ..
+                },
+                ..
+            }
+        )
+    }
+
+    /// Reads up to `max` frames into the batch's free buffers without
+    /// blocking.
+    pub(crate) fn read(&self, batch: &mut Batch, max: usize, mode: DispatchMode) -> ReadResult {
+        let max = max.min(batch.free_slots());
+        if max == 0 {
+            return ReadResult::Frames(0);
+        }
+        if let (Io::Fd { fd, kind }, DispatchMode::Recvmmsg) = (&self.io, mode)
+            && kind.is_socket()
+        {
+            let capacity = batch.capacity();
+            let mut mmsg = batch.mmsg.take().unwrap_or_else(|| RecvMmsg::new(capacity));
+            let (bufs, infos) = batch.free_buffers();
+            let result = mmsg.recv(fd.as_fd(), &mut bufs[..max], &mut infos[..max]);
+            batch.mmsg = Some(mmsg);
+            return match result {
+                Ok(n) => self.cut_at_eof(batch, n),
+                Err(e) => self.read_error(e),
+            };
+        }
+        let mut n = 0;
+        while n < max {
+            let (bufs, infos) = batch.free_buffers();
+            let buf = &mut bufs[n];
+            let result = match &self.io {
+                Io::Fd { fd, kind } if kind.is_socket() => {
+                    fdlink_sys::io::recv_one(fd.as_fd(), buf)
+                }
+                // A character device (TUN/TAP) truncates silently: the buffer
+                // has one byte of slack, so a full buffer means truncation.
+                Io::Fd { fd, .. } => fdlink_sys::io::read(fd.as_fd(), buf)
+                    .map(|len| RecvInfo::new(len, len == buf.len())),
+                Io::Object(io) => io.recv(buf).map(|len| RecvInfo::new(len, len > buf.len())),
+            };
+            match result {
+                Ok(info) if info.len == 0 && !self.zero_length_is_a_packet() => {
+                    if n > 0 {
+                        break;
+                    }
+                    return ReadResult::Closed(CloseReason::PeerClosed);
+                }
+                Ok(info) => {
+                    infos[n] = info;
+                    n += 1;
+                }
+                // Deliver what was read first; a lasting error recurs on the
+                // next read.
+                Err(_) if n > 0 => break,
+                Err(e) => return self.read_error(e),
+            }
+        }
+        ReadResult::Frames(n)
+    }
+
+    /// A zero-length read is a real (empty) datagram only on datagram
+    /// sockets and packet objects; on a SEQPACKET socket or a device it is
+    /// end of file.
+    fn zero_length_is_a_packet(&self) -> bool {
+        match &self.io {
+            Io::Fd { kind, .. } => matches!(
+                kind,
+                FdKind::Socket {
+                    socket_type: SocketType::Datagram | SocketType::Raw,
+                    ..
+                }
+            ),
+            Io::Object(_) => true,
+        }
+    }
+
+    /// recvmmsg on a SEQPACKET socket whose peer closed returns zero-length
+    /// messages: keep what came before the first one, report closure when
+    /// it is first.
+    fn cut_at_eof(&self, batch: &mut Batch, n: usize) -> ReadResult {
+        if !self.is_seqpacket() {
+            return ReadResult::Frames(n);
+        }
+        let (_, infos) = batch.free_buffers();
+        match infos[..n].iter().position(|i| i.len == 0) {
+            Some(0) => ReadResult::Closed(CloseReason::PeerClosed),
+            Some(k) => ReadResult::Frames(k),
+            None => ReadResult::Frames(n),
+        }
+    }
+
+    fn read_error(&self, e: io::Error) -> ReadResult {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => ReadResult::Empty,
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::BrokenPipe => ReadResult::Closed(CloseReason::PeerClosed),
+            _ => ReadResult::Closed(CloseReason::from_error(&e)),
+        }
+    }
+
+    /// Waits until input may be ready, `stop` is raised, or `timeout`
+    /// passes. A hang-up or error counts as ready: the next read reports it.
+    pub(crate) fn wait_readable(
+        &self,
+        stop: Option<&StopEvent>,
+        timeout: Option<Duration>,
+    ) -> io::Result<WaitResult> {
+        match &self.io {
+            Io::Fd { fd, .. } => Ok(
+                match wait::wait(fd.as_fd(), Interest::Read, stop, timeout)? {
+                    Readiness::Stopped => WaitResult::Stopped,
+                    Readiness::TimedOut => WaitResult::TimedOut,
+                    _ => WaitResult::Ready,
+                },
+            ),
+            Io::Object(io) => {
+                if stop.map(|s| s.is_signalled()).transpose()?.unwrap_or(false) {
+                    return Ok(WaitResult::Stopped);
+                }
+                let t = timeout.unwrap_or(OBJECT_WAIT_SLICE).min(OBJECT_WAIT_SLICE);
+                Ok(if io.wait_readable(t)? {
+                    WaitResult::Ready
+                } else {
+                    WaitResult::TimedOut
+                })
+            }
+        }
+    }
+
+    /// A hang-up that the reader must treat as closure when no data came
+    /// with it (POLLHUP on a socket whose reads return nothing).
+    pub(crate) fn has_hung_up(&self) -> bool {
+        match &self.io {
+            Io::Fd { fd, .. } => matches!(
+                wait::wait(fd.as_fd(), Interest::Read, None, Some(Duration::ZERO)),
+                Ok(Readiness::Hangup) | Ok(Readiness::Error)
+            ),
+            Io::Object(_) => false,
+        }
+    }
+
+    /// Writes frames; returns how many the kernel took (at least one unless
+    /// an error is returned).
+    pub(crate) fn write<'a>(
+        &self,
+        mmsg: &mut SendMmsg,
+        frames: impl Iterator<Item = PacketParts<'a>>,
+    ) -> io::Result<usize> {
+        match &self.io {
+            Io::Fd { fd, kind } if kind.is_socket() => mmsg.send(fd.as_fd(), frames),
+            Io::Fd { fd, .. } => {
+                let Some(parts) = frames.into_iter().next() else {
+                    return Ok(0);
+                };
+                let slices = parts.map(IoSlice::new);
+                fdlink_sys::io::writev(fd.as_fd(), &slices).map(|_| 1)
+            }
+            Io::Object(io) => {
+                let Some(parts) = frames.into_iter().next() else {
+                    return Ok(0);
+                };
+                io.send(&parts).map(|()| 1)
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for room to write.
+    pub(crate) fn wait_writable(&self, timeout: Duration) -> io::Result<bool> {
+        match &self.io {
+            Io::Fd { fd, .. } => Ok(matches!(
+                wait::wait(fd.as_fd(), Interest::Write, None, Some(timeout))?,
+                Readiness::Ready
+            )),
+            Io::Object(_) => {
+                // Packet objects offer no write readiness: back off briefly.
+                std::thread::sleep(timeout.min(Duration::from_millis(1)));
+                Ok(true)
+            }
+        }
+    }
+
+    /// The descriptor, for callers that poll several channels at once.
+    pub(crate) fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.io {
+            Io::Fd { fd, .. } => Some(fd.as_fd()),
+            Io::Object(_) => None,
+        }
+    }
+}
+
+/// The longest a reader sleeps inside a packet object's wait before it
+/// checks for a stop request: the bound on `detach` latency for objects.
+pub(crate) const OBJECT_WAIT_SLICE: Duration = Duration::from_millis(20);
