@@ -41,6 +41,21 @@ pub trait PacketIo: Send + Sync + 'static {
     fn wait_readable(&self, timeout: Duration) -> io::Result<bool>;
 }
 
+/// A shared object is a packet object too: the caller keeps a handle.
+impl<T: PacketIo> PacketIo for std::sync::Arc<T> {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).recv(buf)
+    }
+
+    fn send(&self, parts: &[&[u8]]) -> io::Result<()> {
+        (**self).send(parts)
+    }
+
+    fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        (**self).wait_readable(timeout)
+    }
+}
+
 /// One end of an in-memory [`PacketIo`] pair, made by [`memory_pair`].
 ///
 /// Packets are queued (up to the capacity given) until the other end reads
