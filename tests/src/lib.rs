@@ -1,2 +1,3 @@
 //! Shared helpers for fdlink integration tests (namespaces, kernel peers).
 #![forbid(unsafe_code)]
+pub mod netns;

@@ -75,8 +75,12 @@ impl std::error::Error for Closed {}
 /// One packet to send.
 #[derive(Debug, Clone, Copy)]
 pub struct OutPacket<'a> {
-    /// The network-layer packet (IP, ARP, ...): no link header.
+    /// The network-layer packet (IP, ARP, ...), or the whole link frame
+    /// when [`OutPacket::framed`] is set.
     pub payload: &'a [u8],
+    /// The payload already starts with its link header (a stack that builds
+    /// Ethernet frames itself); the endpoint adds none.
+    pub framed: bool,
     /// The EtherType written in the Ethernet header.
     pub protocol: EtherType,
     /// Ethernet destination.
@@ -97,6 +101,7 @@ impl<'a> OutPacket<'a> {
     pub fn ip(payload: &'a [u8]) -> Self {
         OutPacket {
             payload,
+            framed: false,
             protocol: EtherType::from_ip_version(payload).unwrap_or(EtherType::IPV4),
             dst: MacAddr::BROADCAST,
             src: None,
@@ -110,6 +115,15 @@ impl<'a> OutPacket<'a> {
         OutPacket {
             protocol,
             ..OutPacket::ip(payload)
+        }
+    }
+
+    /// A complete link frame (Ethernet header included, in Ethernet mode),
+    /// written as is.
+    pub fn frame(frame: &'a [u8]) -> Self {
+        OutPacket {
+            framed: true,
+            ..OutPacket::ip(frame)
         }
     }
 
@@ -655,7 +669,7 @@ impl Shared {
                 [next..(next + scratch.link_headers.len()).min(scratch.picked.len())];
             for (header, &i) in scratch.link_headers.iter_mut().zip(chunk) {
                 let p = &packets[i];
-                if self.config.ethernet {
+                if self.config.ethernet && !p.framed {
                     let src = p.src.or(self.config.link_address).unwrap_or_default();
                     *header = ethernet::header(p.dst, src, p.protocol);
                 }
@@ -673,13 +687,17 @@ impl Shared {
                 } else {
                     p.vnet_header
                 };
-                [vnet, &header[..link_len], p.payload]
+                let link = if p.framed { 0 } else { link_len };
+                [vnet, &header[..link], p.payload]
             });
             match channel.write(&mut scratch.mmsg, frames) {
                 Ok(k) => {
                     let bytes: usize = chunk[..k]
                         .iter()
-                        .map(|&i| link_len + packets[i].payload.len())
+                        .map(|&i| {
+                            let p = &packets[i];
+                            p.payload.len() + if p.framed { 0 } else { link_len }
+                        })
                         .sum();
                     self.stats.sent(k as u64, bytes as u64);
                     sent += k;
@@ -722,7 +740,12 @@ impl Shared {
         } else {
             self.config.mtu as usize
         };
-        if p.payload.len() > largest {
+        let link_len = if self.config.ethernet && p.framed {
+            ethernet::HEADER_LEN
+        } else {
+            0
+        };
+        if p.payload.len().saturating_sub(link_len) > largest {
             return Err(DropReason::Oversized);
         }
         Ok(())
