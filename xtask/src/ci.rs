@@ -18,11 +18,55 @@ struct Example {
 
 /// The examples CI runs, in release mode. An example whose file does not
 /// exist yet is skipped with a note. Add new examples here.
-const EXAMPLES: &[Example] = &[Example {
-    package: "fdlink-core",
-    name: "socketpair_pps",
-    args: &["--seconds", "1"],
-}];
+const EXAMPLES: &[Example] = &[
+    Example {
+        package: "fdlink-core",
+        name: "socketpair_pps",
+        args: &["--seconds", "1"],
+    },
+    // The README's demo, over each socket type with GSO on and off: each run
+    // exits non-zero unless the receiver verified every byte.
+    Example {
+        package: "fdlink-smoltcp",
+        name: "loopback",
+        args: &[
+            "--bytes",
+            "33554432",
+            "--socket",
+            "seqpacket",
+            "--gso",
+            "on",
+        ],
+    },
+    Example {
+        package: "fdlink-smoltcp",
+        name: "loopback",
+        args: &[
+            "--bytes",
+            "33554432",
+            "--socket",
+            "seqpacket",
+            "--gso",
+            "off",
+            "--mode",
+            "readv",
+        ],
+    },
+    Example {
+        package: "fdlink-smoltcp",
+        name: "loopback",
+        args: &[
+            "--bytes", "33554432", "--socket", "dgram", "--gso", "on", "--mode", "readv",
+        ],
+    },
+    Example {
+        package: "fdlink-smoltcp",
+        name: "loopback",
+        args: &[
+            "--bytes", "33554432", "--socket", "dgram", "--gso", "off", "--mtu", "9000",
+        ],
+    },
+];
 
 /// The packages meant for crates.io (the others have `publish = false`).
 const PUBLISHED: &[&str] = &["fdlink-sys", "fdlink-core", "fdlink-gso", "fdlink-smoltcp"];

@@ -62,6 +62,7 @@
 pub mod checksum;
 pub mod complete;
 pub mod gro;
+pub mod offload;
 pub mod segment;
 pub mod virtio;
 pub mod wire;

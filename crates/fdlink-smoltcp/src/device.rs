@@ -1,0 +1,271 @@
+//! [`FdlinkDevice`]: a smoltcp `phy::Device` over an offloading endpoint.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use fdlink_core::{Endpoint, SendOutcome};
+use fdlink_gso::offload::{OffloadConfig, OffloadEndpoint, Receiver, RxPacket, Sender};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, PacketMeta};
+use smoltcp::time::Instant;
+
+/// The largest IP packet, and so the largest super-packet.
+const MAX_IP_PACKET: usize = 65535;
+/// Ethernet header length.
+const ETHERNET_HEADER: usize = 14;
+
+/// How the device uses the link's offloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceConfig {
+    /// Let smoltcp hand over TCP super-packets of up to 64 KiB, segmented
+    /// by the kernel (virtio headers) or in software: fewer, larger packets.
+    pub gso: bool,
+    /// Hand received super-packets to smoltcp whole (it accepts them)
+    /// instead of splitting them at the MTU.
+    pub accept_large: bool,
+    /// Verify TCP/UDP checksums of received packets the kernel did not
+    /// vouch for. Turn off only for a link whose peer is trusted.
+    pub verify_rx_checksums: bool,
+    /// Packets per batch on the transmit side.
+    pub tx_batch: usize,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            gso: true,
+            accept_large: true,
+            verify_rx_checksums: true,
+            tx_batch: 64,
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// Sets [`DeviceConfig::gso`].
+    pub fn gso(mut self, on: bool) -> Self {
+        self.gso = on;
+        self
+    }
+
+    /// Sets [`DeviceConfig::accept_large`].
+    pub fn accept_large(mut self, on: bool) -> Self {
+        self.accept_large = on;
+        self
+    }
+
+    /// Sets [`DeviceConfig::verify_rx_checksums`].
+    pub fn verify_rx_checksums(mut self, on: bool) -> Self {
+        self.verify_rx_checksums = on;
+        self
+    }
+
+    /// Sets [`DeviceConfig::tx_batch`].
+    pub fn tx_batch(mut self, n: usize) -> Self {
+        self.tx_batch = n.max(1);
+        self
+    }
+}
+
+/// A smoltcp device over an fdlink endpoint.
+///
+/// `receive` serves packets from a batch filled by one burst of reads;
+/// transmit tokens write into pooled buffers that [`FdlinkDevice::flush`]
+/// (or [`crate::poll`]) sends as one batch. Nothing is allocated per packet.
+#[derive(Debug)]
+pub struct FdlinkDevice {
+    link: Arc<OffloadEndpoint>,
+    queue: Option<usize>,
+    rx: Receiver,
+    tx: Sender,
+    caps: DeviceCapabilities,
+}
+
+impl FdlinkDevice {
+    /// A device over every channel of `endpoint`.
+    pub fn new(endpoint: Endpoint, config: DeviceConfig) -> Self {
+        let link = Arc::new(Self::offload(endpoint, config));
+        Self::build(link, None, config)
+    }
+
+    /// One device per channel, sharing the endpoint: run one smoltcp stack
+    /// per queue, each on its own thread, with the same addresses. The
+    /// kernel's flow hash (multi-queue TUN, AF_PACKET fanout) keeps each
+    /// connection on one queue.
+    pub fn per_queue(endpoint: Endpoint, config: DeviceConfig) -> Vec<Self> {
+        let queues = endpoint.channel_count();
+        let link = Arc::new(Self::offload(endpoint, config));
+        (0..queues)
+            .map(|q| Self::build(Arc::clone(&link), Some(q), config))
+            .collect()
+    }
+
+    fn offload(endpoint: Endpoint, config: DeviceConfig) -> OffloadEndpoint {
+        let offload = OffloadConfig::default()
+            .accept_large(config.accept_large)
+            // smoltcp is told not to verify TCP checksums: a partial
+            // checksum from the local kernel need not be completed.
+            .complete_partial(false)
+            .verify_rx(config.verify_rx_checksums)
+            .fill_tcp_checksums(true);
+        OffloadEndpoint::new(endpoint, offload)
+    }
+
+    fn build(link: Arc<OffloadEndpoint>, queue: Option<usize>, config: DeviceConfig) -> Self {
+        let endpoint = link.endpoint();
+        let ethernet = endpoint.is_ethernet();
+        let link_len = if ethernet { ETHERNET_HEADER } else { 0 };
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = if ethernet {
+            Medium::Ethernet
+        } else {
+            Medium::Ip
+        };
+        caps.max_transmission_unit = endpoint.mtu() as usize + link_len;
+        caps.max_burst_size = None;
+        caps.checksum = checksum_caps();
+        if config.gso {
+            let size = NonZeroUsize::new(MAX_IP_PACKET + link_len);
+            caps.segmentation.tcpv4 = size;
+            caps.segmentation.tcpv6 = size;
+        }
+        let max_packet = if config.gso {
+            MAX_IP_PACKET
+        } else {
+            endpoint.mtu() as usize
+        };
+        let rx = link.receiver();
+        let tx = link.sender(config.tx_batch, max_packet);
+        FdlinkDevice {
+            link,
+            queue,
+            rx,
+            tx,
+            caps,
+        }
+    }
+
+    /// The endpoint underneath.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.link.endpoint()
+    }
+
+    /// The queue this device serves, when it serves one.
+    pub fn queue(&self) -> Option<usize> {
+        self.queue
+    }
+
+    /// Sends what transmit tokens queued, as one batch.
+    pub fn flush(&mut self) -> SendOutcome {
+        self.link.flush(&mut self.tx, self.queue)
+    }
+
+    /// Blocks until the device may have input, or `timeout` passes.
+    pub fn wait(&self, timeout: Option<std::time::Duration>) -> std::io::Result<bool> {
+        if !self.rx.is_empty() {
+            return Ok(true);
+        }
+        match self.queue {
+            Some(q) => self.endpoint().wait_readable_on(q, timeout),
+            None => self.endpoint().wait_readable(timeout),
+        }
+    }
+}
+
+/// TCP checksums are the link's in both directions (filled on send,
+/// verified or vouched for by the kernel on receive); UDP's are verified on
+/// receive by the link and computed by smoltcp on send; ICMP and the IPv4
+/// header stay with smoltcp.
+fn checksum_caps() -> ChecksumCapabilities {
+    let mut c = ChecksumCapabilities::default();
+    c.ipv4 = Checksum::Both;
+    c.tcp = Checksum::None;
+    c.udp = Checksum::Tx;
+    c.icmpv4 = Checksum::Both;
+    c.icmpv6 = Checksum::Both;
+    c
+}
+
+/// A received packet handed to smoltcp.
+#[derive(Debug)]
+pub struct RxToken<'a> {
+    packet: RxPacket<'a>,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        f(self.packet.frame)
+    }
+}
+
+/// Room for one packet in the device's transmit batch.
+#[derive(Debug)]
+pub struct TxToken<'a> {
+    link: &'a OffloadEndpoint,
+    tx: &'a mut Sender,
+    queue: Option<usize>,
+    gso_size: Option<u16>,
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        if self.tx.is_full() {
+            self.link.flush(self.tx, self.queue);
+        }
+        let result = f(self.tx.next_buffer(len));
+        self.tx.commit(len, self.gso_size, None);
+        result
+    }
+
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.gso_size = meta.segmentation_offload_size.map(|n| n.get());
+    }
+}
+
+impl phy::Device for FdlinkDevice {
+    type RxToken<'a>
+        = RxToken<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        if self.rx.is_empty() {
+            // A closed link simply has nothing more to read; the endpoint's
+            // closed callback and close_reason tell why.
+            self.link.recv(&mut self.rx, self.queue).ok()?;
+        }
+        let packet = self.rx.pop()?;
+        Some((
+            RxToken { packet },
+            TxToken {
+                link: &self.link,
+                tx: &mut self.tx,
+                queue: self.queue,
+                gso_size: None,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {
+        Some(TxToken {
+            link: &self.link,
+            tx: &mut self.tx,
+            queue: self.queue,
+            gso_size: None,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
