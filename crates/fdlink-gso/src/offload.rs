@@ -21,6 +21,7 @@
 use fdlink_core::{Batch, Closed, DropReason, Endpoint, OutPacket, SendOutcome};
 
 use crate::complete::{complete_checksum, verify_l4_checksum};
+use crate::gro::Coalescer;
 use crate::segment::{SegmentBuf, segment, segment_with_hdr};
 use crate::virtio::{self, GsoKind, VirtioNetHdr, flags, gso};
 use crate::wire::{IpVersion, PacketLayout, proto};
@@ -239,6 +240,30 @@ impl Sender {
     }
 }
 
+/// Send state for [`OffloadEndpoint::send_coalesced`]: the coalescer and
+/// the encoded headers of its outputs.
+#[derive(Debug, Default)]
+pub struct GroSender {
+    gro: Coalescer,
+    headers: Vec<[u8; virtio::HDR_LEN_MRG]>,
+    out: Vec<OutPacket<'static>>,
+}
+
+impl GroSender {
+    /// A sender with a default [`Coalescer`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A sender with the given coalescer (for its configuration).
+    pub fn with_coalescer(gro: Coalescer) -> Self {
+        GroSender {
+            gro,
+            ..Self::default()
+        }
+    }
+}
+
 impl OffloadEndpoint {
     /// Wraps `endpoint`. Host offloads are used when it carries virtio
     /// headers ([`Endpoint::vnet_header_len`] > 0), software otherwise.
@@ -423,6 +448,55 @@ impl OffloadEndpoint {
         };
         tx.out = recycle(out);
         tx.items.clear();
+        outcome
+    }
+
+    /// Sends IP packets from elsewhere (a forwarder's burst) with receive
+    /// coalescing: consecutive segments of one TCP or UDP flow are merged
+    /// into super-packets whose virtio header lets the kernel take them in
+    /// one write each. Needs host offload and IP framing (a TUN with
+    /// `IFF_VNET_HDR`); otherwise the packets are sent as they are.
+    pub fn send_coalesced<'p>(
+        &self,
+        tx: &mut GroSender,
+        packets: impl IntoIterator<Item = &'p [u8]>,
+        queue: Option<usize>,
+    ) -> SendOutcome {
+        let send = |out: &[OutPacket<'_>]| match queue {
+            Some(q) => self.endpoint.send_on(q, out),
+            None => self.endpoint.send(out),
+        };
+        if !self.host_offload() || self.link_len != 0 {
+            let mut out = recycle(std::mem::take(&mut tx.out));
+            out.extend(packets.into_iter().map(OutPacket::frame));
+            let outcome = send(&out);
+            tx.out = recycle(out);
+            return outcome;
+        }
+        let mut out = recycle(std::mem::take(&mut tx.out));
+        let outcome = {
+            tx.gro.clear();
+            for p in packets {
+                tx.gro.push(p);
+            }
+            tx.gro.flush();
+            tx.headers.resize(tx.gro.len(), [0; virtio::HDR_LEN_MRG]);
+            let mut failed = 0;
+            for ((hdr, packet), bytes) in tx.gro.iter().zip(tx.headers.iter_mut()) {
+                let mut hdr = *hdr;
+                hdr.num_buffers = (self.vnet_len == virtio::HDR_LEN_MRG).then_some(0);
+                if hdr.encode(bytes).is_err() {
+                    failed += 1;
+                    continue;
+                }
+                out.push(OutPacket::frame(packet).with_vnet_header(&bytes[..self.vnet_len]));
+            }
+            if failed > 0 {
+                self.endpoint.count_drop(DropReason::OffloadFailed, failed);
+            }
+            send(&out)
+        };
+        tx.out = recycle(out);
         outcome
     }
 
