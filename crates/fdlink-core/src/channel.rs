@@ -4,12 +4,14 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fdlink_sys::fd::{FdKind, SocketType};
 use fdlink_sys::io::RecvInfo;
 use fdlink_sys::mmsg::{PacketParts, RecvMmsg, SendMmsg};
+use fdlink_sys::ring::{RxRing, VNET_HDR_LEN};
 use fdlink_sys::wait::{self, Interest, Readiness, StopEvent};
 
 use crate::batch::Batch;
@@ -35,6 +37,29 @@ pub(crate) enum Io {
 pub(crate) struct Channel {
     pub(crate) io: Io,
     pub(crate) tx: Mutex<TxScratch>,
+    /// The mmap receive ring ([`DispatchMode::Mmap`]).
+    pub(crate) ring: Option<RingRx>,
+}
+
+/// An `AF_PACKET` channel's receive ring.
+pub(crate) struct RingRx {
+    ring: Mutex<RxRing>,
+    /// Frames may still sit in the socket's ordinary receive queue, queued
+    /// before the ring was attached. Once the ring exists the kernel queues
+    /// nothing there, so after one read finds it empty it stays empty.
+    backlog: AtomicBool,
+    /// The endpoint's virtio-net header length (0 or 10).
+    vnet_len: usize,
+}
+
+impl RingRx {
+    pub(crate) fn new(ring: RxRing, vnet_len: usize) -> Self {
+        RingRx {
+            ring: Mutex::new(ring),
+            backlog: AtomicBool::new(true),
+            vnet_len,
+        }
+    }
 }
 
 /// What one read attempt produced.
@@ -64,6 +89,7 @@ impl Channel {
                 link_headers: vec![[0; ethernet::HEADER_LEN]; batch_size],
                 picked: Vec::with_capacity(batch_size),
             }),
+            ring: None,
         }
     }
 
@@ -86,6 +112,9 @@ impl Channel {
         let max = max.min(batch.free_slots());
         if max == 0 {
             return ReadResult::Frames(0);
+        }
+        if let (Some(ring), Io::Fd { fd, .. }) = (&self.ring, &self.io) {
+            return read_ring(ring, fd.as_fd(), batch, max);
         }
         if let (Io::Fd { fd, kind }, DispatchMode::Recvmmsg) = (&self.io, mode)
             && kind.is_socket()
@@ -263,6 +292,65 @@ impl Channel {
             Io::Fd { fd, .. } => Some(fd.as_fd()),
             Io::Object(_) => None,
         }
+    }
+}
+
+/// Copies up to `max` frames out of the ring into the batch's free buffers
+/// (virtio header first, then the frame from its MAC header), handing each
+/// slot back to the kernel; then, while frames queued before the ring may
+/// remain, reads those from the socket.
+fn read_ring(
+    rx: &RingRx,
+    fd: std::os::fd::BorrowedFd<'_>,
+    batch: &mut Batch,
+    max: usize,
+) -> ReadResult {
+    let vnet_len = rx.vnet_len;
+    let (bufs, infos) = batch.free_buffers();
+    let mut n = 0;
+    {
+        let mut ring = rx.ring.lock().unwrap_or_else(|e| e.into_inner());
+        while n < max {
+            let Some(frame) = ring.next_frame() else {
+                break;
+            };
+            let buf = &mut bufs[n];
+            let data = frame.data();
+            let fits = vnet_len + data.len() <= buf.len();
+            if frame.is_truncated() || !fits {
+                // Counted as truncated by the caller; nothing to copy.
+                let len = vnet_len + frame.original_len().max(data.len());
+                infos[n] = RecvInfo::new(len, true);
+            } else {
+                let vnet = &mut buf[..vnet_len];
+                vnet.fill(0);
+                if let Some(hdr) = frame.vnet_hdr() {
+                    let k = vnet_len.min(VNET_HDR_LEN);
+                    vnet[..k].copy_from_slice(&hdr[..k]);
+                }
+                buf[vnet_len..vnet_len + data.len()].copy_from_slice(data);
+                infos[n] = RecvInfo::new(vnet_len + data.len(), false);
+            }
+            n += 1;
+        }
+    }
+    while n < max && rx.backlog.load(Ordering::Relaxed) {
+        match fdlink_sys::io::recv_one(fd, &mut bufs[n]) {
+            Ok(info) => {
+                infos[n] = info;
+                n += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                rx.backlog.store(false, Ordering::Relaxed);
+            }
+            Err(_) if n > 0 => break,
+            Err(e) => return ReadResult::Closed(CloseReason::from_error(&e)),
+        }
+    }
+    if n == 0 {
+        ReadResult::Empty
+    } else {
+        ReadResult::Frames(n)
     }
 }
 

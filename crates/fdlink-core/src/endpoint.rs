@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use fdlink_sys::fd::{FdKind, SocketType};
+use fdlink_sys::fd::{Domain, FdKind, SocketType};
+use fdlink_sys::packet::FanoutMode;
+use fdlink_sys::ring::{RingConfig, RxRing};
 use fdlink_sys::wait::{Interest, PollFd};
 
 use crate::batch::Batch;
 use crate::caps::Capabilities;
-use crate::channel::{Channel, Io, ReadResult};
+use crate::channel::{Channel, Io, ReadResult, RingRx};
 use crate::dispatch::Readers;
 use crate::link::{self, EtherType, MacAddr, ethernet};
 use crate::options::{
@@ -223,8 +225,13 @@ impl Endpoint {
     /// An [`OptionsError`] naming the first problem: no channel, an MTU or
     /// batch size out of range, a link address without Ethernet or a
     /// multicast one, a virtio header length other than 0/10/12, a receive
-    /// buffer too small, a stream socket, `recvmmsg` on a non-socket, or a
-    /// descriptor that cannot be inspected.
+    /// buffer too small, a stream socket, `recvmmsg` on a non-socket, `mmap`
+    /// on anything but an `AF_PACKET` socket, or a descriptor that cannot
+    /// be inspected or configured (the mmap ring, the fanout group).
+    ///
+    /// Several `AF_PACKET` sockets are joined into one hash fanout group
+    /// here (see [`Options::fds`]); with [`DispatchMode::Mmap`] each socket
+    /// gets its receive ring here.
     pub fn new(options: Options) -> Result<Self, OptionsError> {
         let o = options;
         if o.channels.is_empty() {
@@ -268,6 +275,13 @@ impl Endpoint {
         let mut channels = Vec::with_capacity(o.channels.len());
         for (index, source) in o.channels.into_iter().enumerate() {
             let io = match source {
+                ChannelSource::Io(_) if o.dispatch == DispatchMode::Mmap => {
+                    return Err(OptionsError::DispatchUnsupported {
+                        channel: index,
+                        mode: o.dispatch,
+                        kind: "a packet object (mmap needs an AF_PACKET socket)",
+                    });
+                }
                 ChannelSource::Io(io) => Io::Object(io),
                 ChannelSource::Fd(fd) => {
                     let described = |source| OptionsError::Descriptor {
@@ -281,8 +295,27 @@ impl Endpoint {
                     Io::Fd { fd, kind }
                 }
             };
-            channels.push(Channel::new(io, o.batch_size));
+            let mut channel = Channel::new(io, o.batch_size);
+            if o.dispatch == DispatchMode::Mmap
+                && let Io::Fd { fd, .. } = &channel.io
+            {
+                use std::os::fd::AsFd;
+                let ring = attach_ring(
+                    fd.as_fd(),
+                    o.vnet_header_len,
+                    link_len,
+                    max_frame,
+                    o.batch_size,
+                )
+                .map_err(|source| OptionsError::Descriptor {
+                    channel: index,
+                    source,
+                })?;
+                channel.ring = Some(RingRx::new(ring, o.vnet_header_len));
+            }
+            channels.push(channel);
         }
+        join_fanout_group(&channels)?;
 
         let caps = Capabilities::empty()
             .with(Capabilities::RESOLUTION_REQUIRED, o.ethernet)
@@ -487,12 +520,96 @@ impl Endpoint {
     }
 }
 
+/// Bytes of receive ring per channel the endpoint aims for when slots are
+/// large (virtio-net header and 64 KiB super-frames); never fewer slots
+/// than one batch.
+const RING_BYTES_BUDGET: usize = 8 << 20;
+
+/// Attaches and maps a receive ring to AF_PACKET socket `fd`: slots for the
+/// endpoint's largest frame, four batches of them (fewer for large slots,
+/// down to one batch).
+fn attach_ring(
+    fd: std::os::fd::BorrowedFd<'_>,
+    vnet_len: usize,
+    link_len: usize,
+    max_frame: usize,
+    batch_size: usize,
+) -> io::Result<RxRing> {
+    let vnet_on = fdlink_sys::packet::vnet_hdr_enabled(fd)?;
+    if vnet_on != (vnet_len > 0) || vnet_len > fdlink_sys::ring::VNET_HDR_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the socket's PACKET_VNET_HDR is {} but the endpoint's virtio header length is {vnet_len} \
+                 (an AF_PACKET ring carries a 10-byte header exactly when PACKET_VNET_HDR is on)",
+                if vnet_on { "on" } else { "off" }
+            ),
+        ));
+    }
+    let max_ip = max_frame.saturating_sub(vnet_len + link_len);
+    let probe = RingConfig::for_packet_len(max_ip, 1, vnet_len > 0);
+    let count = (4 * batch_size)
+        .min(RING_BYTES_BUDGET / probe.frame_size.max(1))
+        .max(batch_size);
+    RxRing::new(fd, RingConfig::for_packet_len(max_ip, count, vnet_len > 0))
+}
+
+/// Puts every AF_PACKET socket of the endpoint in one hash fanout group
+/// when there are several, unless the first is in a group already.
+fn join_fanout_group(channels: &[Channel]) -> Result<(), OptionsError> {
+    use std::os::fd::AsFd;
+    let sockets: Vec<(usize, std::os::fd::BorrowedFd<'_>)> = channels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match &c.io {
+            Io::Fd {
+                fd,
+                kind:
+                    FdKind::Socket {
+                        domain: Domain::Packet,
+                        ..
+                    },
+            } => Some((i, fd.as_fd())),
+            _ => None,
+        })
+        .collect();
+    if sockets.len() < 2 {
+        return Ok(());
+    }
+    let mut group = None;
+    for &(channel, fd) in &sockets {
+        match fdlink_sys::packet::join_fanout(fd, FanoutMode::Hash, group) {
+            Ok(id) => group = Some(id),
+            // The first socket is in a group already: the caller set up
+            // its own fanout; leave it.
+            Err(e) if group.is_none() && fdlink_sys::packet::is_already_in_fanout_group(&e) => {
+                return Ok(());
+            }
+            Err(source) => return Err(OptionsError::Descriptor { channel, source }),
+        }
+    }
+    Ok(())
+}
+
 fn check_kind(channel: usize, kind: FdKind, mode: DispatchMode) -> Result<(), OptionsError> {
     match kind {
         FdKind::Socket {
             socket_type: SocketType::Stream,
             ..
         } => Err(OptionsError::NotPacketOriented { channel }),
+        FdKind::Socket {
+            domain: Domain::Packet,
+            ..
+        } => Ok(()),
+        _ if mode == DispatchMode::Mmap => Err(OptionsError::DispatchUnsupported {
+            channel,
+            mode,
+            kind: if kind.is_socket() {
+                "not an AF_PACKET socket (the mmap ring is AF_PACKET's)"
+            } else {
+                "not a socket (a TUN/TAP device reads one packet per read)"
+            },
+        }),
         FdKind::Socket { .. } => Ok(()),
         _ if mode == DispatchMode::Recvmmsg => Err(OptionsError::DispatchUnsupported {
             channel,

@@ -19,6 +19,21 @@ pub enum DispatchMode {
     Readv,
     /// Up to the batch size per `recvmmsg` call (sockets only).
     Recvmmsg,
+    /// An mmap receive ring (`PACKET_RX_RING`, `TPACKET_V2`) per channel,
+    /// `AF_PACKET` sockets only: frames are copied out of the ring into the
+    /// batch, no system call per frame.
+    ///
+    /// [`crate::Endpoint::new`] attaches and maps one ring per channel,
+    /// with slots sized for the endpoint's largest frame
+    /// ([`crate::Endpoint::max_frame_size`]) and enough of them for a few
+    /// batches; the ring is unmapped when the endpoint is dropped. A frame
+    /// larger than a slot is counted as [`crate::DropReason::Truncated`].
+    /// With a virtio-net header (`PACKET_VNET_HDR`, set on the socket
+    /// *before* the endpoint is built, and
+    /// [`Options::vnet_header_len`]`(10)`), the kernel's header is put in
+    /// front of each frame as in the other modes. Frames queued on the
+    /// socket before the ring existed are still read, from the socket.
+    Mmap,
 }
 
 impl fmt::Display for DispatchMode {
@@ -26,6 +41,7 @@ impl fmt::Display for DispatchMode {
         f.write_str(match self {
             DispatchMode::Readv => "readv",
             DispatchMode::Recvmmsg => "recvmmsg",
+            DispatchMode::Mmap => "mmap",
         })
     }
 }
@@ -36,7 +52,10 @@ impl std::str::FromStr for DispatchMode {
         match s {
             "readv" => Ok(DispatchMode::Readv),
             "recvmmsg" => Ok(DispatchMode::Recvmmsg),
-            other => Err(format!("unknown dispatch mode {other:?} (readv|recvmmsg)")),
+            "mmap" => Ok(DispatchMode::Mmap),
+            other => Err(format!(
+                "unknown dispatch mode {other:?} (readv|recvmmsg|mmap)"
+            )),
         }
     }
 }
@@ -135,6 +154,20 @@ impl Options {
     }
 
     /// Adds several descriptor channels (multi-queue TUN, fanout sockets).
+    ///
+    /// # AF_PACKET fanout
+    ///
+    /// When an endpoint has two or more `AF_PACKET` sockets,
+    /// [`crate::Endpoint::new`] makes them one fanout group in hash mode
+    /// (`PACKET_FANOUT_HASH`): the first socket creates a group with a
+    /// kernel-chosen unique id, the others join it. The kernel then hands
+    /// each frame to exactly one socket, and keeps each flow on one socket
+    /// (one channel, one queue). All sockets must be bound to the same
+    /// interface and EtherType; a failure to join is an
+    /// [`OptionsError::Descriptor`] naming the socket. When the first
+    /// `AF_PACKET` socket is already a fanout member as the endpoint is
+    /// built, the endpoint joins none: the caller set up its own group and
+    /// mode.
     pub fn fds(mut self, fds: impl IntoIterator<Item = OwnedFd>) -> Self {
         self.channels.extend(fds.into_iter().map(ChannelSource::Fd));
         self
@@ -270,7 +303,8 @@ pub enum OptionsError {
         /// Index of the channel.
         channel: usize,
     },
-    /// The dispatch mode does not apply to a channel (recvmmsg on a TUN).
+    /// The dispatch mode does not apply to a channel (recvmmsg on a TUN,
+    /// mmap on anything but an `AF_PACKET` socket).
     DispatchUnsupported {
         /// Index of the channel.
         channel: usize,

@@ -342,6 +342,12 @@ pub fn join_fanout(fd: BorrowedFd<'_>, mode: FanoutMode, group: Option<u16>) -> 
     Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
 }
 
+/// True when `err`, from [`join_fanout`], says the socket is in a fanout
+/// group already (`EALREADY`): someone set up its fanout before us.
+pub fn is_already_in_fanout_group(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EALREADY)
+}
+
 /// Stops the socket from receiving the frames its interface transmits
 /// (`PACKET_IGNORE_OUTGOING`, Linux 4.20), including its own.
 ///
