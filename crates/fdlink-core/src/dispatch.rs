@@ -131,14 +131,10 @@ fn read_loop(shared: &Shared, q: usize, stop: &StopEvent, dispatcher: &dyn Dispa
             }
         }
         batch.clear();
-        let before = shared.stats.snapshot().frames_read;
-        shared.fill(q, &mut batch);
+        let read = shared.fill(q, &mut batch);
         if !batch.is_empty() {
             dispatcher.deliver(q, &mut batch);
-        } else if shared.stats.snapshot().frames_read == before
-            && shared.is_alive(q)
-            && channel.has_hung_up()
-        {
+        } else if read == 0 && shared.is_alive(q) && channel.has_hung_up() {
             // Readable by poll, yet nothing to read and no closure seen by
             // the read: a hang-up or error state that would spin forever.
             shared.channel_closed(q, CloseReason::Hangup);

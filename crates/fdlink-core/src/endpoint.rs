@@ -212,6 +212,9 @@ impl fmt::Debug for Endpoint {
 }
 
 const VALID_VNET_LENS: [usize; 3] = [0, 10, 12];
+/// Channels a wait polls from a stack array (more use a vector).
+const SMALL_POLL_SET: usize = 8;
+
 /// The largest IP packet, and so the largest super-packet with a virtio
 /// header.
 const MAX_IP_PACKET: usize = 65535;
@@ -648,28 +651,32 @@ impl Shared {
     }
 
     /// Reads what channel `q` has queued into `batch`'s free slots, checks
-    /// each frame, keeps the good ones and counts the rest.
-    pub(crate) fn fill(&self, q: usize, batch: &mut Batch) {
+    /// each frame, keeps the good ones and counts the rest. Returns how many
+    /// frames were read, good or bad.
+    pub(crate) fn fill(&self, q: usize, batch: &mut Batch) -> usize {
         let channel = &self.channels[q];
+        let mut read = 0;
         if !self.alive[q].load(Ordering::Acquire) {
-            return;
+            return read;
         }
         while batch.free_slots() > 0 {
             let asked = batch.free_slots();
             let n = match channel.read(batch, asked, self.config.dispatch) {
                 ReadResult::Frames(n) => n,
-                ReadResult::Empty => return,
+                ReadResult::Empty => return read,
                 ReadResult::Closed(reason) => {
                     self.channel_closed(q, reason);
-                    return;
+                    return read;
                 }
             };
             self.accept(q, batch, n);
+            read += n;
             if n < asked {
                 // The queue ran dry (or an error waits for the next read).
-                return;
+                return read;
             }
         }
+        read
     }
 
     /// Classifies `n` frames just read into the free slots; keeps the good
@@ -711,6 +718,13 @@ impl Shared {
         timeout: Option<Duration>,
     ) -> io::Result<bool> {
         let live = |q: &usize| self.alive[*q].load(Ordering::Acquire);
+        if let Some(fds) = self.poll_set_without_allocation(queue) {
+            let (mut set, n) = fds;
+            if n == 0 {
+                return Ok(false);
+            }
+            return Ok(fdlink_sys::wait::poll(&mut set[..n], timeout)? > 0);
+        }
         let all = 0..self.channels.len();
         let mut fds: Vec<PollFd<'_>> = Vec::new();
         let mut objects = Vec::new();
@@ -748,6 +762,26 @@ impl Shared {
                 return Ok(false);
             }
         }
+    }
+
+    /// The live descriptors to wait on, in a stack array, when there are
+    /// few and no packet object among them: the common case of a poll loop
+    /// waits without allocating.
+    fn poll_set_without_allocation(
+        &self,
+        queue: Option<usize>,
+    ) -> Option<([PollFd<'_>; SMALL_POLL_SET], usize)> {
+        let first = self.channels.first()?.fd()?;
+        let mut set = [PollFd::new(first, Interest::Read); SMALL_POLL_SET];
+        let mut n = 0;
+        for (q, channel) in self.channels.iter().enumerate() {
+            if queue.is_some_and(|only| only != q) || !self.alive[q].load(Ordering::Acquire) {
+                continue;
+            }
+            *set.get_mut(n)? = PollFd::new(channel.fd()?, Interest::Read);
+            n += 1;
+        }
+        Some((set, n))
     }
 
     /// Sends the packets `pick` selects on channel `q`, in order.
