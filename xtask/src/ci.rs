@@ -91,6 +91,7 @@ pub(crate) fn run() -> ExitCode {
         cmd::run(&mut cargo(["test", "--workspace", "--no-fail-fast"]))
     });
     run_examples(&mut steps);
+    run_device_examples(&mut steps);
     steps.step("doc", || {
         cmd::run(cargo(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))
     });
@@ -142,6 +143,21 @@ fn run_examples(steps: &mut Steps) {
         } else {
             Err(failures.join("; "))
         }
+    });
+}
+
+/// Runs `dump` and `echo` against TUN devices in a namespace (root only).
+fn run_device_examples(steps: &mut Steps) {
+    let on_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !crate::device_examples::capable() && !on_ci {
+        steps.note("device examples: SKIP (need root and /dev/net/tun)");
+        return;
+    }
+    steps.step("device examples", || {
+        if !crate::device_examples::capable() {
+            return Err("CI=true but no root or /dev/net/tun".into());
+        }
+        crate::device_examples::run()
     });
 }
 

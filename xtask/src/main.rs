@@ -8,6 +8,7 @@
 mod bench;
 mod ci;
 mod cmd;
+mod device_examples;
 mod fuzz;
 mod valgrind;
 

@@ -1,0 +1,215 @@
+//! Runs the examples that need a real device (`dump`, `echo`) against TUN
+//! devices in a network namespace made for the purpose, so they never rot.
+//! Needs root: without it the step is skipped with a note, unless
+//! `CI=true`, where a missing capability is a failure.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::cmd;
+
+/// How long an example may take to print `ready` or to exit.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Whether this process can make namespaces and TUN devices.
+pub(crate) fn capable() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    });
+    root && std::path::Path::new("/dev/net/tun").exists()
+}
+
+/// Builds both examples in release mode and runs each once.
+pub(crate) fn run() -> Result<(), String> {
+    cmd::run(&mut cmd::cargo([
+        "build",
+        "--release",
+        "-p",
+        "fdlink-core",
+        "--example",
+        "dump",
+        "-p",
+        "fdlink-smoltcp",
+        "--example",
+        "echo",
+    ]))?;
+    let ns = Namespace::new()?;
+    dump(&ns)?;
+    echo(&ns)
+}
+
+fn example(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| cmd::workspace_root().join("target"), PathBuf::from);
+    target.join("release/examples").join(name)
+}
+
+/// `dump` sees the pings routed into its TUN, then stops at `--count`.
+fn dump(ns: &Namespace) -> Result<(), String> {
+    let mut child = ns.spawn(&example("dump"), &["--tun", "fdx0", "--count", "3"])?;
+    let lines = wait_ready(&mut child, "dump")?;
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "fdx0"])?;
+    ns.ip(&["link", "set", "fdx0", "up"])?;
+    // Nobody answers: the pings only have to reach the TUN.
+    let _ = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "1", "10.77.0.2"]);
+    let out = finish(child, lines, "dump")?;
+    let wanted = ["queue 0 received=3", "stats received="];
+    check(&out, &wanted, "dump")
+}
+
+/// `echo` answers ping on its TUN and prints its statistics on SIGTERM.
+fn echo(ns: &Namespace) -> Result<(), String> {
+    let mut child = ns.spawn(
+        &example("echo"),
+        &["--tun", "fdx1", "--addr", "10.78.0.2/24"],
+    )?;
+    let lines = wait_ready(&mut child, "echo")?;
+    ns.ip(&["addr", "add", "10.78.0.1/24", "dev", "fdx1"])?;
+    ns.ip(&["link", "set", "fdx1", "up"])?;
+    let ping = ns.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.78.0.2"]);
+    // `ip netns exec` execs the example, so this is the example's pid.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = finish(child, lines, "echo")?;
+    ping.map_err(|e| format!("echo did not answer ping: {e}"))?;
+    check(&out, &["stats "], "echo")
+}
+
+fn check(out: &str, wanted: &[&str], name: &str) -> Result<(), String> {
+    match wanted.iter().find(|w| !out.contains(*w)) {
+        None => {
+            println!("{name}: ok");
+            Ok(())
+        }
+        Some(w) => Err(format!("{name} output lacks {w:?}:\n{out}")),
+    }
+}
+
+/// Reads stdout lines on a thread, so waits can be bounded.
+fn wait_ready(child: &mut Child, name: &str) -> Result<mpsc::Receiver<String>, String> {
+    let stdout: ChildStdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(line) if line == "ready" => Ok(rx),
+        Ok(line) => {
+            let _ = child.kill();
+            Err(format!("{name}: first line {line:?}, expected \"ready\""))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            Err(format!("{name} did not print ready within {LIMIT:?}"))
+        }
+    }
+}
+
+/// Waits (bounded) for the example to exit 0 and returns what it printed.
+fn finish(mut child: Child, lines: mpsc::Receiver<String>, name: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        while let Ok(line) = lines.try_recv() {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break,
+            Ok(Some(status)) => return Err(format!("{name} exited with {status}:\n{out}")),
+            Ok(None) if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                return Err(format!("{name} did not exit within {LIMIT:?}:\n{out}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("{name}: {e}")),
+        }
+    }
+    // Lines printed just before exit.
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(out)
+}
+
+/// A network namespace, deleted (with its devices) when dropped.
+struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    fn new() -> Result<Self, String> {
+        let name = format!("fdlx-{}", std::process::id());
+        run_ip(&["netns", "add", &name])?;
+        let ns = Namespace { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run_ip(&all)
+    }
+
+    fn exec(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{program} {args:?}: {status}"))
+        }
+    }
+
+    fn spawn(&self, program: &std::path::Path, args: &[&str]) -> Result<Child, String> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", program.display()))
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = run_ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn run_ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
