@@ -205,15 +205,19 @@ fn open(args: &Args) -> Result<(Vec<OwnedFd>, bool, u32), BoxError> {
                 .queues(args.queues)
                 .open()
                 .map_err(|e| format!("open {name}: {e}"))?;
-            if args.vnet {
-                let all = OffloadFlags::CSUM
+            // Offloads are device-wide and outlive us on a persistent
+            // device: set them either way, to what this run asked for.
+            let offloads = if args.vnet {
+                OffloadFlags::CSUM
                     | OffloadFlags::TSO4
                     | OffloadFlags::TSO6
                     | OffloadFlags::USO4
-                    | OffloadFlags::USO6;
-                set_offload(dev.fds()[0].as_fd(), all)
-                    .map_err(|e| format!("offloads on {name}: {e}"))?;
-            }
+                    | OffloadFlags::USO6
+            } else {
+                OffloadFlags::empty()
+            };
+            set_offload(dev.fds()[0].as_fd(), offloads)
+                .map_err(|e| format!("offloads on {name}: {e}"))?;
             (name, dev.into_fds(), kind == TunKind::Tap)
         }
         Source::AfPacket(name) => {

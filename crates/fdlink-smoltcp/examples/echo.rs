@@ -157,11 +157,15 @@ fn open(args: &Args) -> Result<(Endpoint, Option<MacAddr>), String> {
                 .queues(args.queues)
                 .open()
                 .map_err(|e| format!("open {}: {e}", args.name))?;
-            if args.offload {
-                let want = OffloadFlags::CSUM | OffloadFlags::TSO4 | OffloadFlags::TSO6;
-                set_offload(dev.fds()[0].as_fd(), want)
-                    .map_err(|e| format!("TUNSETOFFLOAD on {}: {e}", dev.name()))?;
-            }
+            // Offloads are device-wide and outlive us on a persistent
+            // device: set them either way, to what this run asked for.
+            let want = if args.offload {
+                OffloadFlags::CSUM | OffloadFlags::TSO4 | OffloadFlags::TSO6
+            } else {
+                OffloadFlags::empty()
+            };
+            set_offload(dev.fds()[0].as_fd(), want)
+                .map_err(|e| format!("TUNSETOFFLOAD on {}: {e}", dev.name()))?;
             let mtu = if_mtu(dev.name()).unwrap_or(1500);
             // A TAP's own MAC is the kernel's; smoltcp needs another one.
             let mac = ethernet.then(|| args.mac.unwrap_or(MacAddr([0x02, 0, 0, 0x5e, 0, 1])));
