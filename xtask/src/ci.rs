@@ -188,7 +188,9 @@ fn run_deny(steps: &mut Steps) {
 /// `--allow-dirty`: this checks packageability, not whether the working tree
 /// is committed (on a fresh CI clone it always is).
 fn package() -> Result<(), String> {
-    let mut cmd = cargo(["package", "--allow-dirty"]);
+    forget_unpacked_packages()?;
+    let mut cmd = cargo(["package", "--allow-dirty", "--target-dir"]);
+    cmd.arg(verify_target_dir());
     for package in PUBLISHED {
         cmd.args(["-p", package]);
     }
@@ -202,6 +204,65 @@ fn package() -> Result<(), String> {
             missing.join("; ")
         ))
     }
+}
+
+/// Removes our crates as cargo unpacked them from earlier packaging runs.
+///
+/// Cargo unpacks each `.crate` of the temporary local registry into
+/// `$CARGO_HOME/registry/src/<hash of the registry path>/` and never again
+/// once that directory exists; a later run from the same checkout path
+/// (CI reuses its clone folder) would then verify against stale sources.
+/// Our crates are not on crates.io, so every such directory is a leftover.
+/// The verification builds under `target/package` are dropped too: cargo
+/// never rebuilds a registry crate whose version it has built before.
+fn forget_unpacked_packages() -> Result<(), String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || cmd::workspace_root().join("target"),
+        std::path::PathBuf::from,
+    );
+    let packaged = target.join("package");
+    if packaged.exists() {
+        std::fs::remove_dir_all(&packaged)
+            .map_err(|e| format!("removing {}: {e}", packaged.display()))?;
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry/src")) else {
+        return Ok(());
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        let Ok(crates) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for krate in crates.flatten() {
+            let name = krate.file_name().to_string_lossy().into_owned();
+            // `<crate>-<version>`: a dash, then a digit.
+            let ours = PUBLISHED.iter().any(|p| {
+                name.strip_prefix(p)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if ours {
+                std::fs::remove_dir_all(krate.path())
+                    .map_err(|e| format!("removing stale {}: {e}", krate.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where packaged crates are built for verification.
+fn verify_target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || cmd::workspace_root().join("target"),
+            std::path::PathBuf::from,
+        )
+        .join("package-verify")
 }
 
 /// The "manifest has no ..." warnings in `cargo package` output, each with
