@@ -196,7 +196,9 @@ impl Channel {
 
     fn read_error(&self, e: io::Error) -> ReadResult {
         match e.kind() {
-            io::ErrorKind::WouldBlock => ReadResult::Empty,
+            // Descriptor reads retry EINTR in fdlink-sys; a packet object
+            // may still report it: nothing was consumed, so try later.
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => ReadResult::Empty,
             io::ErrorKind::UnexpectedEof
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionRefused
@@ -225,11 +227,13 @@ impl Channel {
                     return Ok(WaitResult::Stopped);
                 }
                 let t = timeout.unwrap_or(OBJECT_WAIT_SLICE).min(OBJECT_WAIT_SLICE);
-                Ok(if io.wait_readable(t)? {
-                    WaitResult::Ready
-                } else {
-                    WaitResult::TimedOut
-                })
+                match io.wait_readable(t) {
+                    Ok(true) => Ok(WaitResult::Ready),
+                    Ok(false) => Ok(WaitResult::TimedOut),
+                    // An interrupted wait is a short one, not a failure.
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(WaitResult::TimedOut),
+                    Err(e) => Err(e),
+                }
             }
         }
     }

@@ -854,7 +854,14 @@ impl Shared {
                     sent += k;
                     next += k;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Full, or interrupted before anything was taken (packet
+                // objects may report EINTR): retry until the send timeout.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
                     let deadline =
                         *deadline.get_or_insert_with(|| Instant::now() + self.config.send_timeout);
                     let left = deadline.saturating_duration_since(Instant::now());

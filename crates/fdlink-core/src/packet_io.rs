@@ -23,7 +23,8 @@ pub trait PacketIo: Send + Sync + 'static {
     /// its head was stored, and the endpoint drops it as truncated.
     ///
     /// # Errors
-    /// [`io::ErrorKind::WouldBlock`] when no packet is queued;
+    /// [`io::ErrorKind::WouldBlock`] (or [`io::ErrorKind::Interrupted`])
+    /// when no packet was taken: the endpoint tries again later;
     /// [`io::ErrorKind::UnexpectedEof`] when the peer has closed; any other
     /// error is fatal for the channel.
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
@@ -31,7 +32,8 @@ pub trait PacketIo: Send + Sync + 'static {
     /// Sends one packet made of `parts` back to back (empty parts allowed).
     ///
     /// # Errors
-    /// [`io::ErrorKind::WouldBlock`] when there is no room now;
+    /// [`io::ErrorKind::WouldBlock`] or [`io::ErrorKind::Interrupted`] when
+    /// the packet was not taken (retried until the send timeout);
     /// [`io::ErrorKind::BrokenPipe`] when the peer has closed.
     fn send(&self, parts: &[&[u8]]) -> io::Result<()>;
 
