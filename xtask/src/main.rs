@@ -20,9 +20,13 @@ usage: cargo xtask <task> [options]
 tasks:
   ci                 fmt, clippy, test, examples, doc, deny, package;
                      runs every step, then exits non-zero if any failed
-  bench [--quick]    benchmarks (not yet implemented)
-  fuzz [--cases N]   property/fuzz runs (not yet implemented)
-  valgrind           tests under valgrind (not yet implemented)
+  bench [--quick]    benchmarks next to their baselines; writes
+                     target/bench/report.md and report.svg
+  fuzz [--cases N] [--soak] [--soak-secs S]
+                     the fuzz targets in release with N proptest cases
+                     each (and the long flood with --soak)
+  valgrind           the integration tests under memcheck (root-only
+                     tests too with FDLINK_VALGRIND_ALL=1)
   help               this message
 ";
 
@@ -55,11 +59,5 @@ fn main() -> ExitCode {
 fn usage_error(task: &str, msg: &str) -> ExitCode {
     eprintln!("xtask {task}: {msg}\n");
     eprint!("{USAGE}");
-    ExitCode::from(EXIT_USAGE)
-}
-
-/// Reports a task that exists in the CLI but has no implementation yet.
-fn not_implemented(task: &str) -> ExitCode {
-    eprintln!("xtask {task}: not yet implemented");
     ExitCode::from(EXIT_USAGE)
 }
