@@ -1,6 +1,16 @@
-//! `cargo xtask bench [--quick]`: the benchmark runs (not yet implemented).
+//! `cargo xtask bench [--quick]`: builds the `bench` binary of
+//! `fdlink-benches` in release mode and runs it, which measures every
+//! scenario next to its baseline and writes `target/bench/report.md` and
+//! `target/bench/report.svg`.
+//!
+//! The device scenarios (AF_PACKET, TUN, namespaces) need root and
+//! `/dev/net/tun`; without them they are reported as skipped, not failed.
+//! `--quick` is a smoke run for CI: short windows, few runs, and no
+//! assertion on speed (neither does the full run assert any).
 
 use std::process::ExitCode;
+
+use crate::cmd;
 
 /// Options of the bench task.
 #[derive(Debug, Default)]
@@ -18,6 +28,26 @@ pub(crate) fn run(args: &[String]) -> ExitCode {
             other => return crate::usage_error("bench", &format!("unexpected argument `{other}`")),
         }
     }
-    let _ = opts.quick;
-    crate::not_implemented("bench")
+    let out = cmd::workspace_root().join("target").join("bench");
+    let mut bench = cmd::cargo([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "fdlink-benches",
+        "--bin",
+        "bench",
+        "--",
+    ]);
+    bench.arg("--out").arg(&out);
+    if opts.quick {
+        bench.arg("--quick");
+    }
+    match cmd::run(&mut bench) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("xtask bench: {why}");
+            ExitCode::FAILURE
+        }
+    }
 }
