@@ -1,24 +1,22 @@
-//! The endpoint: channels, framing, receive and send, closure and counters.
+//! The endpoint: construction and its checks, the public API, closure.
+//! The receive and send paths live in `receive.rs` and `send.rs`.
 
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
-
-use fdlink_sys::fd::{Domain, FdKind, SocketType};
-use fdlink_sys::packet::FanoutMode;
-use fdlink_sys::ring::{RingConfig, RxRing};
-use fdlink_sys::wait::{Interest, PollFd};
+use std::time::Duration;
 
 use crate::batch::Batch;
 use crate::caps::Capabilities;
-use crate::channel::{Channel, Io, ReadResult, RingRx};
+use crate::channel::{Channel, Io, RingRx};
+use crate::channel_setup::{attach_ring, check_kind, join_fanout_group};
 use crate::dispatch::Readers;
-use crate::link::{self, EtherType, MacAddr, ethernet};
+use crate::link::{MacAddr, ethernet};
 use crate::options::{
     ChannelSource, ClosedCallback, DispatchMode, MAX_BATCH_SIZE, Options, OptionsError,
 };
+use crate::send::{OutPacket, SendOutcome};
 use crate::stats::{DropReason, Stats, StatsSnapshot};
 
 /// Why a channel, and so the endpoint, closed.
@@ -74,97 +72,6 @@ impl fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-/// One packet to send.
-#[derive(Debug, Clone, Copy)]
-pub struct OutPacket<'a> {
-    /// The network-layer packet (IP, ARP, ...), or the whole link frame
-    /// when [`OutPacket::framed`] is set.
-    pub payload: &'a [u8],
-    /// The payload already starts with its link header (a stack that builds
-    /// Ethernet frames itself); the endpoint adds none.
-    pub framed: bool,
-    /// The EtherType written in the Ethernet header.
-    pub protocol: EtherType,
-    /// Ethernet destination.
-    pub dst: MacAddr,
-    /// Ethernet source; the endpoint's own address when `None`.
-    pub src: Option<MacAddr>,
-    /// The flow hash: the packet leaves on channel `hash % channels`
-    /// (the first channel when `None`).
-    pub hash: Option<u32>,
-    /// The virtio-net header to put in front, when the endpoint uses one
-    /// (all zeros when empty: no offload).
-    pub vnet_header: &'a [u8],
-}
-
-impl<'a> OutPacket<'a> {
-    /// An IP packet; the EtherType comes from its version nibble, the
-    /// Ethernet destination is broadcast until [`OutPacket::to`] sets it.
-    pub fn ip(payload: &'a [u8]) -> Self {
-        OutPacket {
-            payload,
-            framed: false,
-            protocol: EtherType::from_ip_version(payload).unwrap_or(EtherType::IPV4),
-            dst: MacAddr::BROADCAST,
-            src: None,
-            hash: None,
-            vnet_header: &[],
-        }
-    }
-
-    /// Any payload with an explicit EtherType.
-    pub fn new(protocol: EtherType, payload: &'a [u8]) -> Self {
-        OutPacket {
-            protocol,
-            ..OutPacket::ip(payload)
-        }
-    }
-
-    /// A complete link frame (Ethernet header included, in Ethernet mode),
-    /// written as is.
-    pub fn frame(frame: &'a [u8]) -> Self {
-        OutPacket {
-            framed: true,
-            ..OutPacket::ip(frame)
-        }
-    }
-
-    /// Sets the Ethernet destination.
-    pub fn to(mut self, dst: MacAddr) -> Self {
-        self.dst = dst;
-        self
-    }
-
-    /// Sets an explicit Ethernet source.
-    pub fn from(mut self, src: MacAddr) -> Self {
-        self.src = Some(src);
-        self
-    }
-
-    /// Sets the flow hash that picks the channel.
-    pub fn with_hash(mut self, hash: u32) -> Self {
-        self.hash = Some(hash);
-        self
-    }
-
-    /// Sets the virtio-net header.
-    pub fn with_vnet_header(mut self, header: &'a [u8]) -> Self {
-        self.vnet_header = header;
-        self
-    }
-}
-
-/// What a send did with its packets: each was sent or dropped (and the drop
-/// counted by reason in the endpoint's statistics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct SendOutcome {
-    /// Packets the kernel accepted.
-    pub sent: usize,
-    /// Packets dropped.
-    pub dropped: usize,
-}
-
 /// Settings fixed at construction.
 #[derive(Debug)]
 pub(crate) struct Config {
@@ -212,12 +119,10 @@ impl fmt::Debug for Endpoint {
 }
 
 const VALID_VNET_LENS: [usize; 3] = [0, 10, 12];
-/// Channels a wait polls from a stack array (more use a vector).
-const SMALL_POLL_SET: usize = 8;
 
 /// The largest IP packet, and so the largest super-packet with a virtio
 /// header.
-const MAX_IP_PACKET: usize = 65535;
+pub(crate) const MAX_IP_PACKET: usize = 65535;
 
 impl Endpoint {
     /// Builds an endpoint, checking the options as a whole.
@@ -523,106 +428,6 @@ impl Endpoint {
     }
 }
 
-/// Bytes of receive ring per channel the endpoint aims for when slots are
-/// large (virtio-net header and 64 KiB super-frames); never fewer slots
-/// than one batch.
-const RING_BYTES_BUDGET: usize = 8 << 20;
-
-/// Attaches and maps a receive ring to AF_PACKET socket `fd`: slots for the
-/// endpoint's largest frame, four batches of them (fewer for large slots,
-/// down to one batch).
-fn attach_ring(
-    fd: std::os::fd::BorrowedFd<'_>,
-    vnet_len: usize,
-    link_len: usize,
-    max_frame: usize,
-    batch_size: usize,
-) -> io::Result<RxRing> {
-    let vnet_on = fdlink_sys::packet::vnet_hdr_enabled(fd)?;
-    if vnet_on != (vnet_len > 0) || vnet_len > fdlink_sys::ring::VNET_HDR_LEN {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "the socket's PACKET_VNET_HDR is {} but the endpoint's virtio header length is {vnet_len} \
-                 (an AF_PACKET ring carries a 10-byte header exactly when PACKET_VNET_HDR is on)",
-                if vnet_on { "on" } else { "off" }
-            ),
-        ));
-    }
-    let max_ip = max_frame.saturating_sub(vnet_len + link_len);
-    let probe = RingConfig::for_packet_len(max_ip, 1, vnet_len > 0);
-    let count = (4 * batch_size)
-        .min(RING_BYTES_BUDGET / probe.frame_size.max(1))
-        .max(batch_size);
-    RxRing::new(fd, RingConfig::for_packet_len(max_ip, count, vnet_len > 0))
-}
-
-/// Puts every AF_PACKET socket of the endpoint in one hash fanout group
-/// when there are several, unless the first is in a group already.
-fn join_fanout_group(channels: &[Channel]) -> Result<(), OptionsError> {
-    use std::os::fd::AsFd;
-    let sockets: Vec<(usize, std::os::fd::BorrowedFd<'_>)> = channels
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| match &c.io {
-            Io::Fd {
-                fd,
-                kind:
-                    FdKind::Socket {
-                        domain: Domain::Packet,
-                        ..
-                    },
-            } => Some((i, fd.as_fd())),
-            _ => None,
-        })
-        .collect();
-    if sockets.len() < 2 {
-        return Ok(());
-    }
-    let mut group = None;
-    for &(channel, fd) in &sockets {
-        match fdlink_sys::packet::join_fanout(fd, FanoutMode::Hash, group) {
-            Ok(id) => group = Some(id),
-            // The first socket is in a group already: the caller set up
-            // its own fanout; leave it.
-            Err(e) if group.is_none() && fdlink_sys::packet::is_already_in_fanout_group(&e) => {
-                return Ok(());
-            }
-            Err(source) => return Err(OptionsError::Descriptor { channel, source }),
-        }
-    }
-    Ok(())
-}
-
-fn check_kind(channel: usize, kind: FdKind, mode: DispatchMode) -> Result<(), OptionsError> {
-    match kind {
-        FdKind::Socket {
-            socket_type: SocketType::Stream,
-            ..
-        } => Err(OptionsError::NotPacketOriented { channel }),
-        FdKind::Socket {
-            domain: Domain::Packet,
-            ..
-        } => Ok(()),
-        _ if mode == DispatchMode::Mmap => Err(OptionsError::DispatchUnsupported {
-            channel,
-            mode,
-            kind: if kind.is_socket() {
-                "not an AF_PACKET socket (the mmap ring is AF_PACKET's)"
-            } else {
-                "not a socket (a TUN/TAP device reads one packet per read)"
-            },
-        }),
-        FdKind::Socket { .. } => Ok(()),
-        _ if mode == DispatchMode::Recvmmsg => Err(OptionsError::DispatchUnsupported {
-            channel,
-            mode,
-            kind: "not a socket (a TUN/TAP device reads one packet per read)",
-        }),
-        _ => Ok(()),
-    }
-}
-
 impl Shared {
     pub(crate) fn new_batch(&self) -> Batch {
         Batch::new(self.config.batch_size, self.config.max_frame + 1)
@@ -649,276 +454,6 @@ impl Shared {
             }
         }
     }
-
-    /// Reads what channel `q` has queued into `batch`'s free slots, checks
-    /// each frame, keeps the good ones and counts the rest. Returns how many
-    /// frames were read, good or bad.
-    pub(crate) fn fill(&self, q: usize, batch: &mut Batch) -> usize {
-        let channel = &self.channels[q];
-        let mut read = 0;
-        if !self.alive[q].load(Ordering::Acquire) {
-            return read;
-        }
-        while batch.free_slots() > 0 {
-            let asked = batch.free_slots();
-            let n = match channel.read(batch, asked, self.config.dispatch) {
-                ReadResult::Frames(n) => n,
-                ReadResult::Empty => return read,
-                ReadResult::Closed(reason) => {
-                    self.channel_closed(q, reason);
-                    return read;
-                }
-            };
-            self.accept(q, batch, n);
-            read += n;
-            if n < asked {
-                // The queue ran dry (or an error waits for the next read).
-                return read;
-            }
-        }
-        read
-    }
-
-    /// Classifies `n` frames just read into the free slots; keeps the good
-    /// ones in order.
-    fn accept(&self, q: usize, batch: &mut Batch, n: usize) {
-        let vnet_len = self.config.vnet_len;
-        let eth = self.config.ethernet.then_some(self.config.link_address);
-        let mut kept_bytes = 0u64;
-        let mut kept = 0u64;
-        for i in 0..n {
-            // Slot i of the frames read sits at free offset i - kept, since
-            // each kept frame moved the free area forward by one.
-            let offset = i - kept as usize;
-            let (bufs, infos) = batch.free_buffers();
-            let info = infos[offset];
-            let verdict = if info.truncated || info.len > self.config.max_frame {
-                Err(DropReason::Truncated)
-            } else if info.len < vnet_len {
-                Err(DropReason::ShortFrame)
-            } else {
-                link::classify(&bufs[offset][vnet_len..info.len], eth)
-            };
-            match verdict {
-                Ok(c) => {
-                    batch.commit(offset, info.len, q, vnet_len, c.link_len, c.protocol);
-                    kept += 1;
-                    kept_bytes += (info.len - vnet_len) as u64;
-                }
-                Err(reason) => self.stats.drop(reason, 1),
-            }
-        }
-        self.stats.read(n as u64);
-        self.stats.delivered(kept, kept_bytes);
-    }
-
-    pub(crate) fn wait_readable(
-        &self,
-        queue: Option<usize>,
-        timeout: Option<Duration>,
-    ) -> io::Result<bool> {
-        let live = |q: &usize| self.alive[*q].load(Ordering::Acquire);
-        if let Some(fds) = self.poll_set_without_allocation(queue) {
-            let (mut set, n) = fds;
-            if n == 0 {
-                return Ok(false);
-            }
-            return Ok(fdlink_sys::wait::poll(&mut set[..n], timeout)? > 0);
-        }
-        let all = 0..self.channels.len();
-        let mut fds: Vec<PollFd<'_>> = Vec::new();
-        let mut objects = Vec::new();
-        for q in all
-            .filter(|q| queue.is_none_or(|only| only == *q))
-            .filter(live)
-        {
-            match self.channels[q].fd() {
-                Some(fd) => fds.push(PollFd::new(fd, Interest::Read)),
-                None => objects.push(q),
-            }
-        }
-        if objects.is_empty() {
-            if fds.is_empty() {
-                return Ok(false);
-            }
-            return Ok(fdlink_sys::wait::poll(&mut fds, timeout)? > 0);
-        }
-        // Packet objects have no descriptor to poll: take turns in short
-        // slices until one is ready or the time is up.
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            if !fds.is_empty() && fdlink_sys::wait::poll(&mut fds, Some(Duration::ZERO))? > 0 {
-                return Ok(true);
-            }
-            for &q in &objects {
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                if let Ok(crate::channel::WaitResult::Ready) =
-                    self.channels[q].wait_readable(None, left)
-                {
-                    return Ok(true);
-                }
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(false);
-            }
-        }
-    }
-
-    /// The live descriptors to wait on, in a stack array, when there are
-    /// few and no packet object among them: the common case of a poll loop
-    /// waits without allocating.
-    fn poll_set_without_allocation(
-        &self,
-        queue: Option<usize>,
-    ) -> Option<([PollFd<'_>; SMALL_POLL_SET], usize)> {
-        let first = self.channels.first()?.fd()?;
-        let mut set = [PollFd::new(first, Interest::Read); SMALL_POLL_SET];
-        let mut n = 0;
-        for (q, channel) in self.channels.iter().enumerate() {
-            if queue.is_some_and(|only| only != q) || !self.alive[q].load(Ordering::Acquire) {
-                continue;
-            }
-            *set.get_mut(n)? = PollFd::new(channel.fd()?, Interest::Read);
-            n += 1;
-        }
-        Some((set, n))
-    }
-
-    /// Sends the packets `pick` selects on channel `q`, in order.
-    pub(crate) fn send_on(
-        &self,
-        q: usize,
-        packets: &[OutPacket<'_>],
-        pick: impl Fn(&OutPacket<'_>) -> bool,
-    ) -> SendOutcome {
-        let channel = &self.channels[q];
-        let mut scratch = channel.tx.lock().expect("tx lock");
-        let scratch = &mut *scratch;
-        scratch.picked.clear();
-        let mut dropped = 0;
-        for (i, p) in packets.iter().enumerate().filter(|(_, p)| pick(p)) {
-            match self.check_outgoing(p) {
-                Ok(()) => scratch.picked.push(i),
-                Err(reason) => {
-                    self.stats.drop(reason, 1);
-                    dropped += 1;
-                }
-            }
-        }
-        let mut sent = 0;
-        let mut next = 0;
-        let mut deadline = None;
-        let zero_vnet = [0u8; 12];
-        while next < scratch.picked.len() {
-            if !self.alive[q].load(Ordering::Acquire) {
-                let rest = scratch.picked.len() - next;
-                self.stats.drop(DropReason::LinkClosed, rest as u64);
-                dropped += rest;
-                break;
-            }
-            let chunk = &scratch.picked
-                [next..(next + scratch.link_headers.len()).min(scratch.picked.len())];
-            for (header, &i) in scratch.link_headers.iter_mut().zip(chunk) {
-                let p = &packets[i];
-                if self.config.ethernet && !p.framed {
-                    let src = p.src.or(self.config.link_address).unwrap_or_default();
-                    *header = ethernet::header(p.dst, src, p.protocol);
-                }
-            }
-            let link_len = if self.config.ethernet {
-                ethernet::HEADER_LEN
-            } else {
-                0
-            };
-            let vnet_len = self.config.vnet_len;
-            let frames = chunk.iter().zip(&scratch.link_headers).map(|(&i, header)| {
-                let p = &packets[i];
-                let vnet = if p.vnet_header.is_empty() {
-                    &zero_vnet[..vnet_len]
-                } else {
-                    p.vnet_header
-                };
-                let link = if p.framed { 0 } else { link_len };
-                [vnet, &header[..link], p.payload]
-            });
-            match channel.write(&mut scratch.mmsg, frames) {
-                Ok(k) => {
-                    let bytes: usize = chunk[..k]
-                        .iter()
-                        .map(|&i| {
-                            let p = &packets[i];
-                            p.payload.len() + if p.framed { 0 } else { link_len }
-                        })
-                        .sum();
-                    self.stats.sent(k as u64, bytes as u64);
-                    sent += k;
-                    next += k;
-                }
-                // Full, or interrupted before anything was taken (packet
-                // objects may report EINTR): retry until the send timeout.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    let deadline =
-                        *deadline.get_or_insert_with(|| Instant::now() + self.config.send_timeout);
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let room = !left.is_zero() && channel.wait_writable(left).unwrap_or(false);
-                    if !room {
-                        let rest = scratch.picked.len() - next;
-                        self.stats.drop(DropReason::SendBufferFull, rest as u64);
-                        dropped += rest;
-                        break;
-                    }
-                }
-                Err(e) if is_peer_gone(&e) => {
-                    self.channel_closed(q, CloseReason::PeerClosed);
-                }
-                Err(_) => {
-                    // This packet was refused (too big, device down, ...):
-                    // count it and go on with the next.
-                    self.stats.drop(DropReason::SendError, 1);
-                    dropped += 1;
-                    next += 1;
-                }
-            }
-        }
-        SendOutcome { sent, dropped }
-    }
-
-    fn check_outgoing(&self, p: &OutPacket<'_>) -> Result<(), DropReason> {
-        let vnet_len = self.config.vnet_len;
-        if !(p.vnet_header.is_empty() || p.vnet_header.len() == vnet_len) {
-            return Err(DropReason::SendError);
-        }
-        let largest = if vnet_len > 0 {
-            MAX_IP_PACKET
-        } else {
-            self.config.mtu as usize
-        };
-        let link_len = if self.config.ethernet && p.framed {
-            ethernet::HEADER_LEN
-        } else {
-            0
-        };
-        if p.payload.len().saturating_sub(link_len) > largest {
-            return Err(DropReason::Oversized);
-        }
-        Ok(())
-    }
-}
-
-fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::NotConnected
-            | io::ErrorKind::UnexpectedEof
-    )
 }
 
 impl Drop for Endpoint {

@@ -45,21 +45,25 @@
 mod batch;
 mod caps;
 mod channel;
+mod channel_setup;
 mod dispatch;
 mod endpoint;
 pub mod link;
 mod options;
 mod packet_io;
+mod receive;
+mod send;
 mod stats;
 
 pub use batch::{Batch, Packet};
 pub use caps::Capabilities;
 pub use dispatch::Dispatcher;
-pub use endpoint::{CloseReason, Closed, Endpoint, OutPacket, SendOutcome};
+pub use endpoint::{CloseReason, Closed, Endpoint};
 pub use link::{EtherType, MacAddr};
 pub use options::{
     ClosedCallback, DEFAULT_BATCH_SIZE, DEFAULT_MTU, DEFAULT_SEND_TIMEOUT, DispatchMode,
     MAX_BATCH_SIZE, Options, OptionsError,
 };
 pub use packet_io::{MemoryPacketIo, PacketIo, memory_pair};
+pub use send::{OutPacket, SendOutcome};
 pub use stats::{DropCounts, DropReason, StatsSnapshot};
