@@ -27,6 +27,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU16, Ordering};
 
+use crate::cvt;
+
 /// Protocol number that receives every EtherType (`ETH_P_ALL`), for
 /// [`PacketSocket::open`].
 pub const ETH_P_ALL: u16 = 0x0003;
@@ -51,15 +53,6 @@ const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 /// How many consecutive fallback fanout ids [`join_fanout`] tries before it
 /// gives up.
 const FANOUT_FALLBACK_ATTEMPTS: u16 = 32;
-
-/// Converts a `-1` return value into the thread's `errno`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 /// `setsockopt` with an `int`-sized value.
 fn setsockopt_int(

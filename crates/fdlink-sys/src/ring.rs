@@ -40,6 +40,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::cvt;
+
 // SOL_PACKET options and ring constants (linux/if_packet.h); the same on
 // every architecture.
 const SOL_PACKET: libc::c_int = 263;
@@ -120,15 +122,6 @@ struct TpacketReq {
 
 const _: () = assert!(mem::size_of::<Tpacket2Hdr>() == 32);
 const _: () = assert!(TPACKET2_HDRLEN == 52);
-
-/// Converts a `-1` return value into the thread's `errno`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned())

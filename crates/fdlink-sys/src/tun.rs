@@ -31,6 +31,8 @@ use std::ops::{BitAnd, BitOr, BitOrAssign, Sub};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use crate::cvt;
+
 /// Path of the TUN/TAP clone device.
 const TUN_CLONE_DEVICE: &str = "/dev/net/tun";
 
@@ -110,15 +112,6 @@ impl IfReq {
     fn name(&self) -> String {
         let len = self.name.iter().position(|&b| b == 0).unwrap_or(IFNAMSIZ);
         String::from_utf8_lossy(&self.name[..len]).into_owned()
-    }
-}
-
-/// Converts a `-1` return value into the thread's `errno`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
     }
 }
 
