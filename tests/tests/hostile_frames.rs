@@ -150,3 +150,126 @@ fn hostile_frames_are_counted_and_good_ones_keep_flowing() {
     assert_eq!(s.frames_read, s.rx_packets + s.drops.inbound(), "{s}");
     assert!(!e.is_closed());
 }
+
+/// A TCP segment to `dst` whose checksum is wrong.
+fn corrupt_tcp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut p = Vec::new();
+    etherparse::PacketBuilder::ipv4(src, dst, 64)
+        .tcp(4000, 80, 1, 1000)
+        .syn()
+        .write(&mut p, &[])
+        .unwrap();
+    let at = p.len() - 20 + 16;
+    p[at] ^= 0xff;
+    p
+}
+
+#[test]
+fn smoltcp_keeps_answering_ping_among_garbage() {
+    use fdlink_smoltcp::{DeviceConfig, FdlinkDevice, poll};
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    if !require_root("smoltcp_keeps_answering_ping_among_garbage") {
+        return;
+    }
+    let ns = Netns::new("fdlink-hostile-smol").unwrap();
+    ns.veth("sa", "sb").unwrap();
+    let _ = ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+    ns.addr("sb", "10.9.6.1/24").unwrap();
+    let (own, peer_mac, a_index, b_index) = ns
+        .run(|| {
+            (
+                if_hwaddr("sa").unwrap().unwrap(),
+                if_hwaddr("sb").unwrap().unwrap(),
+                if_index("sa").unwrap(),
+                if_index("sb").unwrap(),
+            )
+        })
+        .unwrap();
+    let (ours, inject) = ns
+        .run(move || {
+            (
+                PacketSocket::open(a_index, ETH_P_ALL).unwrap(),
+                PacketSocket::open(b_index, ETH_P_ALL).unwrap(),
+            )
+        })
+        .unwrap();
+    // Room for the whole burst, so the kernel drops none before fdlink
+    // sees it and every hostile frame is counted here.
+    fdlink_sys::packet::set_recv_buffer(ours.as_fd(), 8 << 20).unwrap();
+    let endpoint = Endpoint::new(
+        Options::new()
+            .fd(ours.into_fd())
+            .ethernet(true)
+            .link_address(MacAddr(own)),
+    )
+    .unwrap();
+    let mut device = FdlinkDevice::new(endpoint, DeviceConfig::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::clone(&stop);
+    let stack = std::thread::spawn(move || {
+        let hw = HardwareAddress::Ethernet(EthernetAddress(own));
+        let mut iface = Interface::new(Config::new(hw), &mut device, smoltcp::time::Instant::now());
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::v4(10, 9, 6, 2), 24)).unwrap();
+        });
+        let mut sockets = SocketSet::new(vec![]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !running.load(Ordering::Relaxed) && Instant::now() < deadline {
+            poll(
+                &mut iface,
+                &mut device,
+                &mut sockets,
+                Duration::from_millis(5),
+            )
+            .unwrap();
+        }
+        device
+    });
+    let ping = || ns.exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", "10.9.6.2"]);
+    ping().expect("ping before the garbage");
+
+    let inject = inject.into_fd();
+    let foreign = [0x02, 0x55, 0x55, 0x55, 0x55, 0x55];
+    // (The kernel refuses to send a frame shorter than the link header, so
+    // the runts are short IP packets behind a whole Ethernet header.)
+    let hostile: Vec<Vec<u8>> = vec![
+        eth(own, peer_mac, 0x0800, &[0x45, 0, 0]),
+        eth(foreign, peer_mac, 0x0800, &good_ipv4(1)),
+        eth(own, peer_mac, 0x0800, &[0x60; 40]),
+        eth(
+            own,
+            peer_mac,
+            0x0800,
+            &corrupt_tcp([10, 9, 6, 1], [10, 9, 6, 2]),
+        ),
+        eth(own, peer_mac, 0x0800, &{
+            let mut p = good_ipv4(2);
+            p[2..4].copy_from_slice(&9000u16.to_be_bytes());
+            p
+        }),
+        eth(own, peer_mac, 0x0806, &[0u8; 5]),
+    ];
+    for _ in 0..100 {
+        for frame in &hostile {
+            fdlink_sys::io::write(inject.as_fd(), frame).unwrap();
+        }
+    }
+    ping().expect("ping after 600 hostile frames");
+    stop.store(true, Ordering::Relaxed);
+    let device = stack.join().expect("the stack thread panicked");
+    let s = device.endpoint().stats();
+    eprintln!("hostile smoltcp: {s}");
+    for reason in [
+        DropReason::ShortFrame,
+        DropReason::ForeignMac,
+        DropReason::UnknownProtocol,
+        DropReason::BadChecksum,
+    ] {
+        assert!(s.drops.get(reason) >= 100, "{reason} not counted: {s}");
+    }
+    assert!(!device.endpoint().is_closed());
+}
