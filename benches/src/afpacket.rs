@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use fdlink_core::{DispatchMode, Endpoint, Options};
 use fdlink_sys::mmsg::SendMmsg;
-use fdlink_sys::packet::{ETH_P_ALL, PacketSocket};
 use fdlink_sys::wait::{self, Interest};
-use fdlink_tests::netns::Netns;
+use fdlink_tests::veth::{VethPair, VethSpec};
 
 use crate::measure::{Meter, Plan, Sample, Summary, interleaved};
 use crate::pps::{BATCH, Received, receive_bare, receive_endpoint};
@@ -38,24 +37,17 @@ enum Mode {
     Fanout,
 }
 
-/// The namespace with the veth pair.
-fn setup() -> Result<Netns, String> {
-    let e = |e: io::Error| format!("af_packet setup: {e}");
-    let ns = Netns::new("fdlb-pkt").map_err(e)?;
-    ns.veth("va", "vb").map_err(e)?;
-    ns.ip(&[
-        "link",
-        "set",
-        "vb",
-        "address",
-        &fdlink_tests::netns::format_mac(MAC_B),
-    ])
-    .map_err(e)?;
-    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
-        .map_err(e)?;
-    ns.addr("va", "10.8.0.1/24").map_err(e)?;
-    ns.neigh("va", "10.8.0.2", MAC_B).map_err(e)?;
-    Ok(ns)
+/// The namespace with the veth pair `va` (10.8.0.1) — `vb` (`MAC_B`).
+fn setup() -> Result<VethPair, String> {
+    VethPair::new(&VethSpec {
+        prefix: "fdlb-pkt",
+        a: "va",
+        b: "vb",
+        a_cidr: "10.8.0.1/24",
+        b_ip: "10.8.0.2",
+        mac_b: Some(MAC_B),
+    })
+    .map_err(|e| format!("af_packet setup: {e}"))
 }
 
 /// Floods 10.8.0.2 from `FLOWS` UDP sockets, round robin, until `stop`.
@@ -89,23 +81,20 @@ fn flood(stop: &AtomicBool) -> io::Result<u64> {
     Ok(sent)
 }
 
-fn open_sockets(ns: &Netns, n: usize) -> Result<Vec<OwnedFd>, String> {
-    ns.run(|| -> io::Result<Vec<OwnedFd>> {
-        let index = fdlink_sys::tun::if_index("vb")?;
-        (0..n)
-            .map(|_| {
-                let s = PacketSocket::open(index, ETH_P_ALL)?;
-                fdlink_sys::packet::set_recv_buffer(s.as_fd(), RCVBUF)?;
-                Ok(s.into_fd())
-            })
-            .collect()
-    })
-    .and_then(|r| r)
-    .map_err(|e| format!("packet socket: {e}"))
+fn open_sockets(veth: &VethPair, n: usize) -> Result<Vec<OwnedFd>, String> {
+    (0..n)
+        .map(|_| {
+            let s = veth.packet_socket()?;
+            fdlink_sys::packet::set_recv_buffer(s.as_fd(), RCVBUF)?;
+            Ok(s.into_fd())
+        })
+        .collect::<io::Result<_>>()
+        .map_err(|e| format!("packet socket: {e}"))
 }
 
-fn measure(ns: &Netns, mode: Mode, window: Duration) -> Result<Sample, String> {
-    let fds = open_sockets(ns, if mode == Mode::Fanout { 2 } else { 1 })?;
+fn measure(veth: &VethPair, mode: Mode, window: Duration) -> Result<Sample, String> {
+    let fds = open_sockets(veth, if mode == Mode::Fanout { 2 } else { 1 })?;
+    let ns = &veth.ns;
     let stop = AtomicBool::new(false);
     thread::scope(|s| {
         let sender = s.spawn(|| ns.run(|| flood(&stop)));
@@ -178,7 +167,7 @@ fn receive(mut fds: Vec<OwnedFd>, mode: Mode, window: Duration) -> Result<Sample
 
 /// Scenario 2, as root.
 pub fn run(plan: &Plan) -> Result<Vec<Row>, String> {
-    let ns = setup()?;
+    let veth = setup()?;
     let modes = [
         Mode::Bare,
         Mode::Single(DispatchMode::Readv),
@@ -186,7 +175,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Row>, String> {
         Mode::Single(DispatchMode::Mmap),
         Mode::Fanout,
     ];
-    let samples = interleaved(plan.runs, &modes, |m| measure(&ns, m, plan.pps_window))?;
+    let samples = interleaved(plan.runs, &modes, |m| measure(&veth, m, plan.pps_window))?;
     let bare = Summary::of(&samples[0]);
     let names = ["readv", "recvmmsg", "mmap ring", "fanout 2×recvmmsg"];
     Ok(names

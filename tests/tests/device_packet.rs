@@ -10,9 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::UdpSocket;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
@@ -21,9 +20,12 @@ use fdlink_core::{
 };
 use fdlink_gso::virtio::VirtioNetHdr;
 use fdlink_sys::fd::{SocketType, socketpair};
-use fdlink_sys::packet::{ETH_P_ALL, PacketSocket, set_vnet_hdr};
-use fdlink_sys::tun::{if_hwaddr, if_index};
-use fdlink_tests::netns::{Netns, open_fd_count, require_root};
+use fdlink_sys::packet::set_vnet_hdr;
+use fdlink_tests::netns::{open_fd_count, require_root};
+use fdlink_tests::packet::udp4;
+use fdlink_tests::procfs::{inode, socket_mappings};
+use fdlink_tests::serial::serial;
+use fdlink_tests::veth::{VethPair, VethSpec};
 
 const WAIT: Duration = Duration::from_secs(5);
 const PORT: u16 = 4310;
@@ -33,50 +35,31 @@ const MODES: [DispatchMode; 3] = [
     DispatchMode::Mmap,
 ];
 
-/// Tests in this file run one at a time, so descriptor counts are exact.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// The veth pair `pa` (10.31.0.1/24) — `pb` of the module docs.
+fn veth() -> VethPair {
+    VethPair::new(&VethSpec {
+        prefix: "fdlpk",
+        a: "pa",
+        b: "pb",
+        a_cidr: "10.31.0.1/24",
+        b_ip: "10.31.0.2",
+        mac_b: None,
+    })
+    .unwrap()
 }
 
-struct Veth {
-    ns: Netns,
-    mac_a: [u8; 6],
-    mac_b: [u8; 6],
-    index_b: u32,
+/// Endpoint sockets and options on `pb`, and kernel sockets on `pa`.
+trait Veth {
+    fn sockets(&self, n: usize, vnet: bool) -> Vec<OwnedFd>;
+    fn options(&self, fds: Vec<OwnedFd>, mode: DispatchMode) -> Options;
+    fn udp_a(&self, port: u16) -> UdpSocket;
 }
 
-fn veth() -> Veth {
-    let ns = Netns::new("fdlpk").unwrap();
-    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
-    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-        .unwrap();
-    ns.veth("pa", "pb").unwrap();
-    ns.addr("pa", "10.31.0.1/24").unwrap();
-    let (a, b, index_b) = ns
-        .run(|| (if_hwaddr("pa"), if_hwaddr("pb"), if_index("pb")))
-        .unwrap();
-    let mac_a = a.unwrap().expect("veth MAC");
-    let mac_b = b.unwrap().expect("veth MAC");
-    ns.neigh("pa", "10.31.0.2", mac_b).unwrap();
-    Veth {
-        ns,
-        mac_a,
-        mac_b,
-        index_b: index_b.unwrap(),
-    }
-}
-
-impl Veth {
+impl Veth for VethPair {
     fn sockets(&self, n: usize, vnet: bool) -> Vec<OwnedFd> {
-        let index = self.index_b;
         (0..n)
             .map(|_| {
-                let s = self
-                    .ns
-                    .run(move || PacketSocket::open(index, ETH_P_ALL))
-                    .unwrap()
-                    .expect("AF_PACKET socket on pb");
+                let s = self.packet_socket().expect("AF_PACKET socket on pb");
                 if vnet {
                     set_vnet_hdr(s.as_fd(), true).unwrap();
                 }
@@ -94,23 +77,15 @@ impl Veth {
     }
 
     fn udp_a(&self, port: u16) -> UdpSocket {
-        let addr = format!("10.31.0.1:{port}");
-        self.ns.run(move || UdpSocket::bind(addr)).unwrap().unwrap()
+        self.udp_socket_a(port).unwrap()
     }
 }
 
 /// (source port, payload) of a UDP/IPv4 packet from 10.31.0.1 to
 /// 10.31.0.2:`PORT`.
 fn udp_to_b(ip: &[u8]) -> Option<(u16, &[u8])> {
-    if ip.len() < 28 || ip[0] >> 4 != 4 || ip[9] != 17 || ip[16..20] != [10, 31, 0, 2] {
-        return None;
-    }
-    let udp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
-    if u16::from_be_bytes([udp[2], udp[3]]) != PORT {
-        return None;
-    }
-    let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    Some((u16::from_be_bytes([udp[0], udp[1]]), udp.get(8..len)?))
+    let u = udp4(ip).filter(|u| u.dst == [10, 31, 0, 2] && u.dport == PORT)?;
+    Some((u.sport, u.payload()?))
 }
 
 /// Pulls until `want` packets for `PORT` arrived (plus a short settling
@@ -350,22 +325,6 @@ fn fanout_over_four_sockets_keeps_each_of_32_flows_on_one_queue() {
     }
 }
 
-/// How many lines of /proc/self/maps map the socket with inode `ino`.
-fn socket_mappings(ino: u64) -> usize {
-    let needle = format!("socket:[{ino}]");
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter(|l| l.ends_with(&needle))
-        .count()
-}
-
-fn inode(fd: RawFd) -> u64 {
-    std::fs::metadata(format!("/proc/self/fd/{fd}"))
-        .unwrap()
-        .ino()
-}
-
 #[test]
 fn dropping_the_endpoint_closes_sockets_and_unmaps_rings() {
     if !require_root("dropping_the_endpoint_closes_sockets_and_unmaps_rings") {
@@ -375,7 +334,7 @@ fn dropping_the_endpoint_closes_sockets_and_unmaps_rings() {
     let v = veth();
     let before = open_fd_count().unwrap();
     let fds = v.sockets(2, false);
-    let inodes: Vec<u64> = fds.iter().map(|f| inode(f.as_raw_fd())).collect();
+    let inodes: Vec<u64> = fds.iter().map(|f| inode(f.as_fd())).collect();
     assert!(inodes.iter().all(|&i| socket_mappings(i) == 0));
     let e = Endpoint::new(v.options(fds, DispatchMode::Mmap)).unwrap();
     for &i in &inodes {

@@ -7,24 +7,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use etherparse::{PacketBuilder, TcpOptionElement};
+use etherparse::PacketBuilder;
 use fdlink_core::{
     DispatchMode, DropReason, Endpoint, EtherType, MacAddr, Options, OptionsError, OutPacket,
 };
 use fdlink_gso::virtio::VirtioNetHdr;
+use fdlink_gso::wire::tcp::flags;
 use fdlink_sys::tun::{OffloadFlags, TunConfig, if_hwaddr, set_offload};
 use fdlink_tests::netns::{Netns, open_fd_count, require_root};
+use fdlink_tests::packet::{parse_tcp, udp4};
+use fdlink_tests::serial::serial;
+use fdlink_tests::tcp_peer::{Handled, TcpPeer, TcpPeerConfig};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// Tests in this file run one at a time, so descriptor counts are exact.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A namespace with IPv6 off (no router solicitations or MLD reports) and
 /// TUN/TAP device `name` (queues, virtio header) at `cidr`, up.
@@ -50,17 +47,9 @@ fn device(name: &str, tap: bool, queues: usize, vnet: bool, cidr: &str) -> (Netn
 }
 
 /// (source port, destination port, payload) of a UDP/IPv4 packet to `dst`.
-fn udp4(pkt: &[u8], dst: [u8; 4]) -> Option<(u16, u16, &[u8])> {
-    if pkt.len() < 28 || pkt[0] >> 4 != 4 || pkt[9] != 17 || pkt[16..20] != dst {
-        return None;
-    }
-    let udp = pkt.get(usize::from(pkt[0] & 0x0f) * 4..)?;
-    let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    Some((
-        u16::from_be_bytes([udp[0], udp[1]]),
-        u16::from_be_bytes([udp[2], udp[3]]),
-        udp.get(8..len)?,
-    ))
+fn udp4_to(pkt: &[u8], dst: [u8; 4]) -> Option<(u16, u16, &[u8])> {
+    let u = udp4(pkt).filter(|u| u.dst == dst)?;
+    Some((u.sport, u.dport, u.payload()?))
 }
 
 /// Pulls from every queue, handing each (queue, vnet header, network
@@ -101,7 +90,7 @@ fn tun_endpoint_receives_every_kernel_datagram() {
         sock.send_to(p, "10.41.0.2:4100").unwrap();
     }
     let mut got = Vec::new();
-    pull_until(&e, N, |_, _, pkt| match udp4(pkt, [10, 41, 0, 2]) {
+    pull_until(&e, N, |_, _, pkt| match udp4_to(pkt, [10, 41, 0, 2]) {
         Some((_, 4100, payload)) => {
             got.push(payload.to_vec());
             true
@@ -204,29 +193,6 @@ fn batched_and_ring_modes_are_refused_on_a_tun() {
     }
 }
 
-/// A TCP segment from 10.43.0.2:80 to the kernel's 10.43.0.1:`dport`.
-fn tcp_segment(dport: u16, seq: u32, ack: u32, syn: bool, rst: bool) -> Vec<u8> {
-    let mut b = PacketBuilder::ipv4([10, 43, 0, 2], [10, 43, 0, 1], 64)
-        .tcp(80, dport, seq, 65535)
-        .ack(ack);
-    if syn {
-        b = b
-            .syn()
-            .options(&[
-                TcpOptionElement::MaximumSegmentSize(1460),
-                TcpOptionElement::Noop,
-                TcpOptionElement::WindowScale(7),
-            ])
-            .unwrap();
-    }
-    if rst {
-        b = b.rst();
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, &[]).unwrap();
-    v
-}
-
 #[test]
 fn tso_on_a_vnet_tun_delivers_super_packets_with_their_headers() {
     if !require_root("tso_on_a_vnet_tun_delivers_super_packets_with_their_headers") {
@@ -245,13 +211,13 @@ fn tso_on_a_vnet_tun_delivers_super_packets_with_their_headers() {
     assert_eq!(e.max_header_length(), 10, "the virtio header is counted");
 
     const TOTAL: usize = 4 << 20;
-    let isn: u32 = 0x1000_0000;
+    let mut peer = TcpPeer::new(TcpPeerConfig {
+        isn: 0x1000_0000,
+        ..TcpPeerConfig::new([10, 43, 0, 2].into(), [10, 43, 0, 1].into(), 80)
+    });
     let mut batch = e.new_batch();
     let mut next = 0usize; // stream bytes received in order
     let mut big = 0usize;
-    let mut fin = false;
-    let mut kernel_port = None;
-    let mut kernel_seq0 = 0u32;
     std::thread::scope(|s| {
         let sender = s.spawn(|| {
             ns.run(|| {
@@ -264,81 +230,73 @@ fn tso_on_a_vnet_tun_delivers_super_packets_with_their_headers() {
             .unwrap()
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !fin && Instant::now() < deadline {
+        while !peer.fin_received() && Instant::now() < deadline {
             e.wait_readable(Some(Duration::from_millis(50))).unwrap();
             e.recv_batch(&mut batch).unwrap();
-            let mut acks = Vec::new();
+            let mut replies = Vec::new();
             for p in batch.iter() {
                 let ip = p.network();
                 if ip.len() < 40 || ip[0] != 0x45 || ip[9] != 6 || ip[16..20] != [10, 43, 0, 2] {
                     continue;
                 }
-                let tcp = &ip[20..];
-                let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-                let seq = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
-                let flags = tcp[13];
-                let doff = usize::from(tcp[12] >> 4) * 4;
-                let payload = &tcp[doff..];
-                let hdr = VirtioNetHdr::decode(p.vnet_header()).expect("valid virtio header");
-                if flags & 0x02 != 0 {
-                    kernel_port = Some(sport);
-                    kernel_seq0 = seq.wrapping_add(1);
-                    acks.push(tcp_segment(sport, isn, kernel_seq0, true, false));
+                let Some(t) = parse_tcp(ip) else {
                     continue;
-                }
-                if ip.len() > 1500 {
-                    // A TSO super-packet: the header describes it.
-                    big += 1;
-                    assert_eq!(hdr.gso_type & 0x7f, 1, "GSO_TCPV4: {hdr:?}");
-                    assert!(
-                        hdr.gso_size > 0 && usize::from(hdr.gso_size) <= 1460,
-                        "{hdr:?}"
-                    );
-                    assert!(payload.len() > usize::from(hdr.gso_size), "{hdr:?}");
-                    assert!(usize::from(hdr.hdr_len) >= 20 + doff, "{hdr:?}");
-                    assert!(usize::from(hdr.hdr_len) <= ip.len(), "{hdr:?}");
-                    assert_eq!(hdr.flags & 1, 1, "NEEDS_CSUM: {hdr:?}");
-                    assert_eq!((hdr.csum_start, hdr.csum_offset), (20, 16), "{hdr:?}");
-                } else {
-                    assert!(hdr.gso_type == 0, "no GSO below the MTU: {hdr:?}");
-                }
-                let offset = seq.wrapping_sub(kernel_seq0) as usize;
-                if offset == next && !payload.is_empty() {
-                    for (k, b) in payload.iter().enumerate() {
-                        assert_eq!(*b, ((next + k) % 251) as u8, "stream byte {}", next + k);
+                };
+                let doff = t.payload_range.start - 20;
+                let payload = t.payload(ip);
+                let hdr = VirtioNetHdr::decode(p.vnet_header()).expect("valid virtio header");
+                if t.flags & flags::SYN == 0 {
+                    if ip.len() > 1500 {
+                        // A TSO super-packet: the header describes it.
+                        big += 1;
+                        assert_eq!(hdr.gso_type & 0x7f, 1, "GSO_TCPV4: {hdr:?}");
+                        assert!(
+                            hdr.gso_size > 0 && usize::from(hdr.gso_size) <= 1460,
+                            "{hdr:?}"
+                        );
+                        assert!(payload.len() > usize::from(hdr.gso_size), "{hdr:?}");
+                        assert!(usize::from(hdr.hdr_len) >= 20 + doff, "{hdr:?}");
+                        assert!(usize::from(hdr.hdr_len) <= ip.len(), "{hdr:?}");
+                        assert_eq!(hdr.flags & 1, 1, "NEEDS_CSUM: {hdr:?}");
+                        assert_eq!((hdr.csum_start, hdr.csum_offset), (20, 16), "{hdr:?}");
+                    } else {
+                        assert!(hdr.gso_type == 0, "no GSO below the MTU: {hdr:?}");
                     }
-                    next += payload.len();
                 }
-                let mut ack = kernel_seq0.wrapping_add(next as u32);
-                if flags & 0x01 != 0 && offset + payload.len() == next {
-                    fin = true;
-                    ack = ack.wrapping_add(1);
+                match peer.handle_parsed(&t, ip) {
+                    Handled::Syn => replies.push(peer.syn_ack()),
+                    Handled::Data(new) => {
+                        for (k, b) in new.iter().enumerate() {
+                            assert_eq!(*b, ((next + k) % 251) as u8, "stream byte {}", next + k);
+                        }
+                        next += new.len();
+                    }
+                    Handled::Ignored | Handled::Reset => {}
                 }
-                acks.push(tcp_segment(sport, isn.wrapping_add(1), ack, false, false));
             }
-            if let Some(last) = acks.pop() {
-                // The SYN-ACK (if any) and the latest cumulative ACK.
-                let mut out: Vec<_> = acks
-                    .iter()
-                    .filter(|a| a[33] & 0x02 != 0)
-                    .map(|a| OutPacket::ip(a))
-                    .collect();
-                out.push(OutPacket::ip(&last));
+            // The SYN-ACK (if any) and the latest cumulative ACK.
+            if peer.needs_ack() {
+                replies.extend(peer.ack(0));
+            }
+            if !replies.is_empty() {
+                let out: Vec<_> = replies.iter().map(|a| OutPacket::ip(a)).collect();
                 assert_eq!(e.send(&out).dropped, 0);
             }
         }
-        if !fin && let Some(port) = kernel_port {
+        if !peer.fin_received()
+            && let Some(rst) = peer.ack(flags::RST)
+        {
             // Unblock the sender before failing.
-            e.send(&[OutPacket::ip(&tcp_segment(port, isn + 1, 0, false, true))]);
+            e.send(&[OutPacket::ip(&rst)]);
         }
         sender.join().unwrap().ok();
     });
     assert!(
-        kernel_port.is_some(),
+        peer.remote_port().is_some(),
         "the kernel's SYN came out of the TUN"
     );
     assert_eq!(next, TOTAL, "every byte received in order");
-    assert!(fin, "FIN seen");
+    assert!(peer.fin_received(), "FIN seen");
     assert!(big > 0, "at least one read larger than the MTU");
     let s = e.stats();
     assert_eq!(s.drops.inbound(), 0, "{s}");
@@ -368,7 +326,7 @@ fn multi_queue_tun_keeps_each_of_32_flows_on_one_queue() {
     let mut queues_of: BTreeMap<u16, BTreeSet<usize>> = BTreeMap::new();
     let mut total = 0;
     pull_until(&e, FLOWS * PER_FLOW, |q, _, pkt| {
-        match udp4(pkt, [10, 44, 0, 2]) {
+        match udp4_to(pkt, [10, 44, 0, 2]) {
             Some((sport, 4400, _)) => {
                 queues_of.entry(sport).or_default().insert(q);
                 total += 1;
@@ -451,7 +409,7 @@ fn tap_endpoint_answers_the_kernels_arp() {
     assert!(state.contains(&own.to_string()), "{state}");
 
     // The datagrams that waited for the resolution now come to our MAC.
-    pull_until(&e, 1, |_, _, pkt| match udp4(pkt, [10, 45, 0, 2]) {
+    pull_until(&e, 1, |_, _, pkt| match udp4_to(pkt, [10, 45, 0, 2]) {
         Some((_, 4500, payload)) => {
             datagram = Some(payload.to_vec());
             true

@@ -12,7 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use fdlink_core::{Endpoint, MacAddr, Options};
 use fdlink_smoltcp::{DeviceConfig, FdlinkDevice, poll};
 use fdlink_sys::packet::{ETH_P_ALL, PacketSocket};
-use fdlink_sys::tun::{OffloadFlags, TunConfig, if_hwaddr, if_index, set_offload};
+use fdlink_sys::tun::{OffloadFlags, TunConfig, if_hwaddr, if_index};
 use fdlink_tests::netns::{Netns, require_root};
+use fdlink_tests::tun::open_in;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
@@ -258,15 +259,12 @@ fn tuntap(
     .vnet_hdr(offload)
     .multi_queue(queues > 1)
     .queues(queues);
-    let tun = ns
-        .run(|| config.open())
-        .expect("enter netns")
-        .expect("open TUN/TAP");
-    if offload {
-        let want = OffloadFlags::CSUM | OffloadFlags::TSO4 | OffloadFlags::TSO6;
-        let got = set_offload(tun.fds()[0].as_fd(), want).expect("TUNSETOFFLOAD");
-        assert!(got.contains(want), "offloads {got:?} lack {want:?}");
-    }
+    let offloads = if offload {
+        OffloadFlags::CSUM | OffloadFlags::TSO4 | OffloadFlags::TSO6
+    } else {
+        OffloadFlags::empty()
+    };
+    let tun = open_in(&ns, config, offloads, "open TUN/TAP");
     if tap {
         // The kernel's own router solicitations and such are harmless; keep
         // the link quiet anyway.

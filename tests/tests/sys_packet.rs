@@ -9,9 +9,7 @@
 //! is off in the namespace, so no other frames cross the pair.
 
 use std::net::UdpSocket;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
-use std::sync::{Mutex, MutexGuard};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use fdlink_sys::packet::{
@@ -19,65 +17,43 @@ use fdlink_sys::packet::{
     set_recv_buffer, set_send_buffer, set_vnet_hdr, vnet_hdr_enabled,
 };
 use fdlink_sys::ring::{RingConfig, RxRing, VNET_HDR_LEN};
-use fdlink_sys::tun::{if_hwaddr, if_index};
-use fdlink_tests::netns::{
-    Netns, is_cloexec, open_fd_count, read_until, require_root, wait_readable,
-};
+use fdlink_tests::netns::{is_cloexec, open_fd_count, read_until, require_root, wait_readable};
+use fdlink_tests::packet::udp4;
+use fdlink_tests::procfs::{inode, page_size, socket_mappings};
+use fdlink_tests::serial::serial;
+use fdlink_tests::veth::{VethPair, VethSpec};
 
 const WAIT: Duration = Duration::from_secs(5);
 const PORT: u16 = 4343;
 
-/// Tests in this file run one at a time, so descriptor counts are exact.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// The veth pair `va` (10.30.0.1/24) — `vb` of the module docs.
+fn veth() -> VethPair {
+    VethPair::new(&VethSpec {
+        prefix: "fdl",
+        a: "va",
+        b: "vb",
+        a_cidr: "10.30.0.1/24",
+        b_ip: "10.30.0.2",
+        mac_b: None,
+    })
+    .unwrap()
 }
 
-struct Veth {
-    ns: Netns,
-    mac_a: [u8; 6],
-    mac_b: [u8; 6],
-    index_b: u32,
-}
-
-fn veth() -> Veth {
-    let ns = Netns::new("fdl").unwrap();
-    // No IPv6 router solicitations, MLD or DAD frames in the way.
-    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
-    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-        .unwrap();
-    ns.veth("va", "vb").unwrap();
-    ns.addr("va", "10.30.0.1/24").unwrap();
-    let (a, b, index_b) = ns
-        .run(|| (if_hwaddr("va"), if_hwaddr("vb"), if_index("vb")))
-        .unwrap();
-    let mac_a = a.unwrap().expect("veth has a MAC");
-    let mac_b = b.unwrap().expect("veth has a MAC");
-    ns.neigh("va", "10.30.0.2", mac_b).unwrap();
-    Veth {
-        ns,
-        mac_a,
-        mac_b,
-        index_b: index_b.unwrap(),
-    }
-}
-
-impl Veth {
+/// Sockets on both ends of the pair.
+trait Veth {
     /// A packet socket on `vb` for every EtherType.
+    fn socket_b(&self) -> PacketSocket;
+    /// A UDP socket bound to 10.30.0.1 inside the namespace.
+    fn udp_a(&self) -> UdpSocket;
+}
+
+impl Veth for VethPair {
     fn socket_b(&self) -> PacketSocket {
-        let index = self.index_b;
-        self.ns
-            .run(move || PacketSocket::open(index, ETH_P_ALL))
-            .unwrap()
-            .expect("open AF_PACKET on vb")
+        self.packet_socket().expect("open AF_PACKET on vb")
     }
 
-    /// A UDP socket bound to 10.30.0.1 inside the namespace.
     fn udp_a(&self) -> UdpSocket {
-        self.ns
-            .run(|| UdpSocket::bind("10.30.0.1:0"))
-            .unwrap()
-            .unwrap()
+        self.udp_socket_a(0).unwrap()
     }
 }
 
@@ -87,15 +63,9 @@ fn udp_payload(frame: &[u8], port: u16) -> Option<&[u8]> {
     if frame.len() < 42 || frame[12..14] != [0x08, 0x00] {
         return None;
     }
-    let ip = &frame[14..];
-    if ip[9] != 17 || ip[12..16] != [10, 30, 0, 1] || ip[16..20] != [10, 30, 0, 2] {
-        return None;
-    }
-    let udp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
-    if udp.len() < 8 || u16::from_be_bytes([udp[2], udp[3]]) != port {
-        return None;
-    }
-    Some(&udp[8..])
+    let u = udp4(&frame[14..])?;
+    let ours = u.src == [10, 30, 0, 1] && u.dst == [10, 30, 0, 2] && u.dport == port;
+    ours.then(|| u.rest())
 }
 
 /// Takes frames from `ring` until `want` UDP payloads for `port` were seen
@@ -308,29 +278,9 @@ fn a_full_ring_drops_and_counts_and_then_recovers() {
     );
 }
 
-fn page_size() -> usize {
-    // The tests crate has no unsafe; /proc/self/smaps reports the page size
-    // of the first mapping as "KernelPageSize: 4 kB".
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let kb: usize = smaps
-        .lines()
-        .find_map(|l| l.strip_prefix("KernelPageSize:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("KernelPageSize in smaps");
-    kb * 1024
-}
-
 /// How many lines of /proc/self/maps map the socket `fd`.
-fn socket_mappings(fd: BorrowedFd<'_>) -> usize {
-    let ino = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .unwrap()
-        .ino();
-    let needle = format!("socket:[{ino}]");
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter(|l| l.ends_with(&needle))
-        .count()
+fn mappings(fd: BorrowedFd<'_>) -> usize {
+    socket_mappings(inode(fd))
 }
 
 #[test]
@@ -343,19 +293,19 @@ fn ring_and_sockets_are_released_on_drop() {
     let before = open_fd_count().unwrap();
     let sock = v.socket_b();
     assert_eq!(open_fd_count().unwrap(), before + 1);
-    assert_eq!(socket_mappings(sock.as_fd()), 0);
+    assert_eq!(mappings(sock.as_fd()), 0);
 
     let ring = RxRing::new(sock.as_fd(), RingConfig::default()).unwrap();
-    assert_eq!(socket_mappings(sock.as_fd()), 1, "ring mapped");
+    assert_eq!(mappings(sock.as_fd()), 1, "ring mapped");
     // Only one live ring per socket.
     let busy = RxRing::new(sock.as_fd(), RingConfig::default()).unwrap_err();
     assert_eq!(busy.raw_os_error(), Some(libc::EBUSY));
     drop(ring);
-    assert_eq!(socket_mappings(sock.as_fd()), 0, "ring unmapped on drop");
+    assert_eq!(mappings(sock.as_fd()), 0, "ring unmapped on drop");
 
     // The dropped ring is replaced by a new one, which works.
     let mut ring = RxRing::new(sock.as_fd(), RingConfig::new(4096, 16)).unwrap();
-    assert_eq!(socket_mappings(sock.as_fd()), 1);
+    assert_eq!(mappings(sock.as_fd()), 1);
     let udp = v.udp_a();
     udp.send_to(b"second ring", "10.30.0.2:4343").unwrap();
     assert_eq!(

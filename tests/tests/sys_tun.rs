@@ -4,7 +4,6 @@
 use std::io;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use fdlink_sys::tun::{
@@ -14,40 +13,21 @@ use fdlink_sys::tun::{
 use fdlink_tests::netns::{
     Netns, is_cloexec, kernel_version, open_fd_count, read_until, require_root,
 };
+use fdlink_tests::packet::udp4;
+use fdlink_tests::serial::serial;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// Tests in this file run one at a time, so descriptor counts are exact.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The UDP payload of an IPv4 packet from `src` to `dst:port`, if `pkt` is
 /// one; also checks the IPv4 and UDP length fields.
 fn udp4_payload(pkt: &[u8], src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Option<&[u8]> {
-    if pkt.len() < 28 || pkt[0] >> 4 != 4 || pkt[9] != 17 {
+    let u = udp4(pkt)?;
+    if u.src != src.octets() || u.dst != dst.octets() || u.dport != port {
         return None;
     }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    if pkt[12..16] != src.octets() || pkt[16..20] != dst.octets() {
-        return None;
-    }
-    let udp = pkt.get(ihl..)?;
-    if udp.len() < 8 || u16::from_be_bytes([udp[2], udp[3]]) != port {
-        return None;
-    }
-    assert_eq!(
-        usize::from(u16::from_be_bytes([pkt[2], pkt[3]])),
-        pkt.len(),
-        "IPv4 total length"
-    );
-    assert_eq!(
-        usize::from(u16::from_be_bytes([udp[4], udp[5]])),
-        udp.len(),
-        "UDP length"
-    );
-    Some(&udp[8..])
+    assert_eq!(u.ip_total_len, pkt.len(), "IPv4 total length");
+    assert_eq!(u.udp_len, u.datagram.len(), "UDP length");
+    Some(u.rest())
 }
 
 #[test]
