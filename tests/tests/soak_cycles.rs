@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use fdlink_core::{Batch, Endpoint, Options};
 use fdlink_sys::fd::{SocketType, socketpair};
-use fdlink_tests::faults::memory_kib;
+use fdlink_tests::faults::{memory_kib, under_valgrind};
 use fdlink_tests::netns::open_fd_count;
 
 /// One test at a time: descriptor counts are process-wide.
@@ -48,7 +48,7 @@ fn ten_thousand_attach_detach_cycles_stay_flat() {
     report("attach/detach x10000", (fds, fds_after), (rss, rss_after));
     assert_eq!(fds_after, fds, "descriptors leaked");
     assert!(
-        rss_after <= rss + 4096,
+        under_valgrind() || rss_after <= rss + 4096,
         "VmRSS grew from {rss} to {rss_after} KiB over 10,000 cycles"
     );
 }
@@ -82,7 +82,7 @@ fn endpoints_built_and_dropped_stay_flat() {
     );
     assert_eq!(fds_after, fds, "descriptors leaked");
     assert!(
-        rss_after <= rss + 4096,
+        under_valgrind() || rss_after <= rss + 4096,
         "VmRSS grew from {rss} to {rss_after} KiB"
     );
 }

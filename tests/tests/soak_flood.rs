@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use fdlink_core::{Batch, CloseReason, Endpoint, Options, OutPacket};
 use fdlink_sys::fd::{SocketType, socketpair};
-use fdlink_tests::faults::{ClosedLog, check_rx_accounting, memory_kib};
+use fdlink_tests::faults::{ClosedLog, check_rx_accounting, memory_kib, under_valgrind};
 
 fn ipv4(len: usize, tag: u8) -> Vec<u8> {
     let mut p = vec![tag; len.max(20)];
@@ -117,7 +117,7 @@ fn flood_keeps_peak_memory_bounded() {
     assert_eq!(log.calls(), 1);
     assert_eq!(log.reason(), Some(CloseReason::PeerClosed));
     assert!(
-        hwm_after <= hwm_before + 64 * 1024,
+        under_valgrind() || hwm_after <= hwm_before + 64 * 1024,
         "peak memory grew from {hwm_before} to {hwm_after} KiB"
     );
 }

@@ -57,13 +57,10 @@ pub fn fuzz<S: Strategy>(
     let stem = std::path::Path::new(source)
         .file_stem()
         .map_or_else(|| name.to_owned(), |s| s.to_string_lossy().into_owned());
-    let path: &'static str = Box::leak(
-        format!(
-            "{}/tests/{stem}.proptest-regressions",
-            env!("CARGO_MANIFEST_DIR")
-        )
-        .into_boxed_str(),
-    );
+    let path = regressions_path(format!(
+        "{}/tests/{stem}.proptest-regressions",
+        env!("CARGO_MANIFEST_DIR")
+    ));
     let mut runner = proptest::test_runner::TestRunner::new(Config {
         source_file: Some(source),
         failure_persistence: Some(Box::new(
@@ -574,4 +571,18 @@ pub fn vnet_frame(ethernet: bool) -> impl Strategy<Value = Vec<u8>> {
             out.extend_from_slice(&frame);
             out
         })
+}
+
+/// A `'static` copy of `path`, as proptest's file persistence wants one.
+/// Each distinct path is leaked once and kept in a static list, so memcheck
+/// (`cargo xtask valgrind`) sees it as still reachable, not lost.
+fn regressions_path(path: String) -> &'static str {
+    static PATHS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = paths.iter().find(|p| **p == path) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(path.into_boxed_str());
+    paths.push(leaked);
+    leaked
 }
