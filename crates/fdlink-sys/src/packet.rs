@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use crate::cvt;
+use crate::fd::setsockopt_int;
 
 /// Protocol number that receives every EtherType (`ETH_P_ALL`), for
 /// [`PacketSocket::open`].
@@ -53,27 +54,6 @@ const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 /// How many consecutive fallback fanout ids [`join_fanout`] tries before it
 /// gives up.
 const FANOUT_FALLBACK_ATTEMPTS: u16 = 32;
-
-/// `setsockopt` with an `int`-sized value.
-fn setsockopt_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the pointer and length describe a live local `c_int`, which the
-    // kernel only reads.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    Ok(())
-}
 
 /// `getsockopt` of a plain-integer struct `T` (every bit pattern valid).
 /// Returns the value and the length the kernel wrote.
