@@ -17,7 +17,8 @@
 //! - checksums are handled per packet by the link (completed, verified or
 //!   vouched for by the kernel), and smoltcp is told not to verify TCP's;
 //! - [`poll`] sleeps on the descriptors until input or smoltcp's next
-//!   deadline, never spinning unless asked;
+//!   deadline, after checking for input for a bounded 50 µs without
+//!   sleeping ([`DeviceConfig::busy_poll`]; zero turns it off);
 //! - [`FdlinkDevice::per_queue`] gives one device per queue for one stack
 //!   per core.
 //!
@@ -49,5 +50,5 @@
 mod device;
 mod poll;
 
-pub use device::{DeviceConfig, FdlinkDevice, RxToken, TxToken};
+pub use device::{DEFAULT_BUSY_POLL, DeviceConfig, FdlinkDevice, RxToken, TxToken};
 pub use poll::{MAX_SLEEP, poll};
