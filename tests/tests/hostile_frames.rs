@@ -31,6 +31,25 @@ fn good_ipv4(tag: u16) -> Vec<u8> {
     p
 }
 
+/// Both ends of a veth pair in `ns`, each with an AF_PACKET socket: ours
+/// (`a`) for the endpoint, the other (`b`) to inject frames from.
+struct Ends {
+    own: [u8; 6],
+    peer_mac: [u8; 6],
+    ours: PacketSocket,
+    inject: PacketSocket,
+}
+
+fn packet_sockets(ns: &Netns, a: &'static str, b: &'static str) -> Ends {
+    ns.run(move || Ends {
+        own: if_hwaddr(a).unwrap().unwrap(),
+        peer_mac: if_hwaddr(b).unwrap().unwrap(),
+        ours: PacketSocket::open(if_index(a).unwrap(), ETH_P_ALL).unwrap(),
+        inject: PacketSocket::open(if_index(b).unwrap(), ETH_P_ALL).unwrap(),
+    })
+    .unwrap()
+}
+
 #[test]
 fn hostile_frames_are_counted_and_good_ones_keep_flowing() {
     if !require_root("hostile_frames_are_counted_and_good_ones_keep_flowing") {
@@ -39,24 +58,12 @@ fn hostile_frames_are_counted_and_good_ones_keep_flowing() {
     let ns = Netns::new("fdlink-hostile").unwrap();
     ns.veth("ha", "hb").unwrap();
     let _ = ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-    let (own, peer_mac, a_index, b_index) = ns
-        .run(|| {
-            (
-                if_hwaddr("ha").unwrap().unwrap(),
-                if_hwaddr("hb").unwrap().unwrap(),
-                if_index("ha").unwrap(),
-                if_index("hb").unwrap(),
-            )
-        })
-        .unwrap();
-    let (ours, inject) = ns
-        .run(move || {
-            (
-                PacketSocket::open(a_index, ETH_P_ALL).unwrap(),
-                PacketSocket::open(b_index, ETH_P_ALL).unwrap(),
-            )
-        })
-        .unwrap();
+    let Ends {
+        own,
+        peer_mac,
+        ours,
+        inject,
+    } = packet_sockets(&ns, "ha", "hb");
     let e = Endpoint::new(
         Options::new()
             .fd(ours.into_fd())
@@ -179,24 +186,12 @@ fn smoltcp_keeps_answering_ping_among_garbage() {
     ns.veth("sa", "sb").unwrap();
     let _ = ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
     ns.addr("sb", "10.9.6.1/24").unwrap();
-    let (own, peer_mac, a_index, b_index) = ns
-        .run(|| {
-            (
-                if_hwaddr("sa").unwrap().unwrap(),
-                if_hwaddr("sb").unwrap().unwrap(),
-                if_index("sa").unwrap(),
-                if_index("sb").unwrap(),
-            )
-        })
-        .unwrap();
-    let (ours, inject) = ns
-        .run(move || {
-            (
-                PacketSocket::open(a_index, ETH_P_ALL).unwrap(),
-                PacketSocket::open(b_index, ETH_P_ALL).unwrap(),
-            )
-        })
-        .unwrap();
+    let Ends {
+        own,
+        peer_mac,
+        ours,
+        inject,
+    } = packet_sockets(&ns, "sa", "sb");
     // Room for the whole burst, so the kernel drops none before fdlink
     // sees it and every hostile frame is counted here.
     fdlink_sys::packet::set_recv_buffer(ours.as_fd(), 8 << 20).unwrap();
