@@ -312,3 +312,61 @@ impl phy::Device for FdlinkDevice {
         self.caps.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fdlink_core::Options;
+    use fdlink_sys::fd::{SocketType, socketpair};
+    use smoltcp::phy::Device;
+
+    #[test]
+    fn the_device_can_move_to_its_stack_thread() {
+        fn send<T: Send>(_: &T) {}
+        let (a, _b) = socketpair(SocketType::SeqPacket).unwrap();
+        let device = FdlinkDevice::new(
+            Endpoint::new(Options::new().fd(a)).unwrap(),
+            DeviceConfig::default(),
+        );
+        send(&device);
+        std::thread::spawn(move || device.capabilities().max_transmission_unit)
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn capabilities_follow_smoltcp_rules() {
+        let (a, _b) = socketpair(SocketType::SeqPacket).unwrap();
+        let ip = FdlinkDevice::new(
+            Endpoint::new(Options::new().fd(a).mtu(1400)).unwrap(),
+            DeviceConfig::default(),
+        );
+        let caps = ip.capabilities();
+        assert_eq!(
+            (caps.medium, caps.max_transmission_unit),
+            (Medium::Ip, 1400)
+        );
+        assert!(caps.segmentation.tcpv4.is_some(), "GSO advertised");
+        assert!(
+            caps.segmentation.tcpv6.is_none(),
+            "not for IPv6 (smoltcp 0.14)"
+        );
+        assert!(
+            !caps.checksum.tcp.tx(),
+            "segmentation needs TCP checksum offload"
+        );
+
+        let (c, _d) = socketpair(SocketType::SeqPacket).unwrap();
+        let eth = FdlinkDevice::new(
+            Endpoint::new(Options::new().fd(c).mtu(1500).ethernet(true)).unwrap(),
+            DeviceConfig::default().gso(false),
+        );
+        let caps = eth.capabilities();
+        assert_eq!(
+            (caps.medium, caps.max_transmission_unit),
+            (Medium::Ethernet, 1514),
+            "an Ethernet MTU includes the header"
+        );
+        assert!(caps.segmentation.tcpv4.is_none());
+    }
+}
