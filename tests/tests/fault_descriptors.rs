@@ -45,6 +45,29 @@ fn wait_closed(e: &Endpoint, within: Duration) {
     }
 }
 
+/// An endpoint over `ours` in `mode` with a push reader attached that
+/// counts what it is handed, and a log of its closed callbacks.
+fn counting_reader(
+    ours: OwnedFd,
+    mode: DispatchMode,
+) -> (Endpoint, Arc<ClosedLog>, Arc<AtomicU64>) {
+    let log = ClosedLog::new();
+    let e = Endpoint::new(
+        Options::new()
+            .fd(ours)
+            .dispatch(mode)
+            .on_closed(ClosedLog::callback(&log)),
+    )
+    .unwrap();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let d = Arc::clone(&delivered);
+    e.attach(Arc::new(move |_q: usize, b: &mut Batch| {
+        d.fetch_add(b.len() as u64, Ordering::Relaxed);
+    }))
+    .unwrap();
+    (e, log, delivered)
+}
+
 #[test]
 fn full_send_buffer_gives_counted_drops_in_bounded_time() {
     for ty in [SocketType::SeqPacket, SocketType::Datagram] {
@@ -95,20 +118,7 @@ fn full_send_buffer_gives_counted_drops_in_bounded_time() {
 fn peer_closes_in_the_middle_of_its_burst_under_a_push_reader() {
     for mode in [DispatchMode::Readv, DispatchMode::Recvmmsg] {
         let (ours, peer) = pair(SocketType::SeqPacket);
-        let log = ClosedLog::new();
-        let e = Endpoint::new(
-            Options::new()
-                .fd(ours)
-                .dispatch(mode)
-                .on_closed(ClosedLog::callback(&log)),
-        )
-        .unwrap();
-        let delivered = Arc::new(AtomicU64::new(0));
-        let d = Arc::clone(&delivered);
-        e.attach(Arc::new(move |_q: usize, b: &mut Batch| {
-            d.fetch_add(b.len() as u64, Ordering::Relaxed);
-        }))
-        .unwrap();
+        let (e, log, delivered) = counting_reader(ours, mode);
         let writer = std::thread::spawn(move || {
             let mut written = 0u64;
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -198,20 +208,7 @@ fn peer_shut_down_under_a_running_reader() {
             nix::sys::socket::Shutdown::Write,
         ] {
             let (ours, peer) = pair(SocketType::SeqPacket);
-            let log = ClosedLog::new();
-            let e = Endpoint::new(
-                Options::new()
-                    .fd(ours)
-                    .dispatch(mode)
-                    .on_closed(ClosedLog::callback(&log)),
-            )
-            .unwrap();
-            let delivered = Arc::new(AtomicU64::new(0));
-            let d = Arc::clone(&delivered);
-            e.attach(Arc::new(move |_q: usize, b: &mut Batch| {
-                d.fetch_add(b.len() as u64, Ordering::Relaxed);
-            }))
-            .unwrap();
+            let (e, log, delivered) = counting_reader(ours, mode);
             for i in 0..100 {
                 fdlink_sys::io::write(peer.as_fd(), &ipv4(64, i)).unwrap();
             }
