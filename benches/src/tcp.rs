@@ -76,7 +76,9 @@ impl PollDevice for FdlinkDevice {
         FdlinkDevice::flush(self);
     }
     fn sleep(&mut self, timeout: Duration) -> io::Result<()> {
-        self.wait(Some(timeout)).map(drop)
+        self.wait(Some(timeout))
+            .map(drop)
+            .map_err(|closed| io::Error::new(io::ErrorKind::BrokenPipe, closed))
     }
 }
 

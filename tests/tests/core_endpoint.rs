@@ -123,32 +123,69 @@ fn mtu_and_address_round_trip() {
 #[test]
 fn capability_bits_follow_options() {
     type SetOption = fn(Options) -> Options;
-    let cases: [(SetOption, Capabilities); 6] = [
+    let cases: [(SetOption, Capabilities); 4] = [
+        (|o| o, Capabilities::empty()),
         (|o| o.ethernet(true), Capabilities::RESOLUTION_REQUIRED),
-        (|o| o.save_restore(true), Capabilities::SAVE_RESTORE),
-        (|o| o.disconnect_ok(true), Capabilities::DISCONNECT_OK),
+        // Super-packets leave whole only where frames carry virtio headers.
+        (|o| o.vnet_header_len(10), Capabilities::GSO),
         (
-            |o| o.tx_checksum_offload(true),
-            Capabilities::TX_CHECKSUM_OFFLOAD,
+            |o| o.vnet_header_len(10).gso_max_size(0),
+            Capabilities::empty(),
         ),
-        (
-            |o| o.rx_checksum_offload(true),
-            Capabilities::RX_CHECKSUM_OFFLOAD,
-        ),
-        (|o| o.gso_max_size(65536), Capabilities::GSO),
     ];
     for (set, cap) in cases {
         let (a, _p) = pair(SocketType::SeqPacket);
         let e = Endpoint::new(set(Options::new().fd(a))).unwrap();
         assert_eq!(e.capabilities(), cap, "only {cap:?} expected");
     }
-    let (a, _p) = pair(SocketType::SeqPacket);
-    assert!(
-        Endpoint::new(Options::new().fd(a))
-            .unwrap()
-            .capabilities()
-            .is_empty()
+}
+
+#[test]
+fn gso_max_size_bounds_what_a_send_takes() {
+    let (a, peer) = pair(SocketType::SeqPacket);
+    let e = Endpoint::new(
+        Options::new()
+            .fd(a)
+            .mtu(1500)
+            .vnet_header_len(10)
+            .gso_max_size(9000),
+    )
+    .unwrap();
+    assert_eq!(e.gso_max_size(), 9000);
+    let fits = ipv4(9000, 1);
+    let too_big = ipv4(9001, 2);
+    let out = e.send(&[OutPacket::ip(&fits), OutPacket::ip(&too_big)]);
+    assert_eq!((out.sent, out.dropped), (1, 1));
+    let s = e.stats();
+    assert_eq!(s.tx_packets, 1);
+    assert_eq!(s.drops.get(DropReason::Oversized), 1);
+    let mut buf = vec![0u8; 10 + 9001];
+    let got = fdlink_sys::io::read(peer.as_fd(), &mut buf).unwrap();
+    assert_eq!(got, 10 + 9000, "the packet that fits, behind its header");
+
+    // Without GSO, the MTU bounds every send.
+    let (b, _q) = pair(SocketType::SeqPacket);
+    let e = Endpoint::new(Options::new().fd(b).vnet_header_len(10).gso_max_size(0)).unwrap();
+    let out = e.send(&[OutPacket::ip(&ipv4(1501, 3))]);
+    assert_eq!((out.sent, out.dropped), (0, 1));
+    assert_eq!(e.stats().drops.get(DropReason::Oversized), 1);
+}
+
+#[test]
+fn empty_frames_are_refused_not_written() {
+    // An empty write would read as end of file on the peer's SEQPACKET end.
+    let (a, peer) = pair(SocketType::SeqPacket);
+    let e = Endpoint::new(Options::new().fd(a)).unwrap();
+    let p = ipv4(40, 1);
+    let out = e.send(&[OutPacket::ip(&[]), OutPacket::ip(&p), OutPacket::frame(&[])]);
+    assert_eq!((out.sent, out.dropped), (1, 2));
+    let s = e.stats();
+    assert_eq!(
+        (s.tx_packets, s.drops.get(DropReason::InvalidFrame)),
+        (1, 2)
     );
+    let mut buf = [0u8; 64];
+    assert_eq!(fdlink_sys::io::read(peer.as_fd(), &mut buf).unwrap(), 40);
 }
 
 #[test]
@@ -183,6 +220,12 @@ fn bad_option_combinations_are_typed_errors() {
         err(Options::new().fd(fd()).vnet_header_len(11)),
         OptionsError::InvalidVnetHeaderLen(11)
     ));
+    for size in [1000, 65536] {
+        assert!(matches!(
+            err(Options::new().fd(fd()).mtu(1500).gso_max_size(size)),
+            OptionsError::InvalidGsoMaxSize { mtu: 1500, .. }
+        ));
+    }
     assert!(matches!(
         err(Options::new().fd(fd()).receive_buffer_size(100)),
         OptionsError::ReceiveBufferTooSmall { size: 100, .. }
@@ -215,6 +258,12 @@ fn written_bytes_are_exact() {
             let e = Endpoint::new(o).unwrap();
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let out = OutPacket::new(EtherType::IPV4, &payload).to(PEER);
+            if !ethernet && len == 0 {
+                // Nothing to carry: refused, not written as an empty datagram.
+                assert_eq!(e.send(&[out]).dropped, 1);
+                assert_eq!(e.stats().drops.get(DropReason::InvalidFrame), 1);
+                continue;
+            }
             assert_eq!(e.send(&[out]).sent, 1);
             let wire = peer_read(&peer);
             if ethernet {

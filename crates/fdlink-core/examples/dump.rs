@@ -337,7 +337,12 @@ fn run(args: &Args) -> Result<(), BoxError> {
         stats.drops.inbound()
     )?;
     out.flush()?;
-    Ok(())
+    // A link that died (device deleted, peer closed) is a failure: say why
+    // on stderr and exit non-zero, after the counts.
+    match endpoint.close_reason() {
+        Some(reason) if endpoint.is_closed() => Err(format!("the link closed: {reason}").into()),
+        _ => Ok(()),
+    }
 }
 
 /// Appends the line describing `packet` (without the newline).

@@ -116,6 +116,13 @@ impl Batch {
         };
         self.len += 1;
     }
+
+    /// Takes back the last [`Batch::commit`]: its buffer returns to the
+    /// head of the free area, which the frames still to be classified do
+    /// not occupy (they sit past the offset it was committed from).
+    pub(crate) fn uncommit_last(&mut self) {
+        self.len -= 1;
+    }
 }
 
 /// One received packet, borrowed from its [`Batch`].

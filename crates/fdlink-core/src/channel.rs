@@ -122,7 +122,10 @@ impl Channel {
             let capacity = batch.capacity();
             let mut mmsg = batch.mmsg.take().unwrap_or_else(|| RecvMmsg::new(capacity));
             let (bufs, infos) = batch.free_buffers();
-            let result = mmsg.recv(fd.as_fd(), &mut bufs[..max], &mut infos[..max]);
+            let mut result = mmsg.recv(fd.as_fd(), &mut bufs[..max], &mut infos[..max]);
+            if matches!(&result, Err(e) if is_pending_socket_error(e)) {
+                result = mmsg.recv(fd.as_fd(), &mut bufs[..max], &mut infos[..max]);
+            }
             batch.mmsg = Some(mmsg);
             return match result {
                 Ok(n) => self.cut_at_eof(batch, n),
@@ -130,6 +133,7 @@ impl Channel {
             };
         }
         let mut n = 0;
+        let mut retried = false;
         while n < max {
             let (bufs, infos) = batch.free_buffers();
             let buf = &mut bufs[n];
@@ -157,10 +161,17 @@ impl Channel {
                 // Deliver what was read first; a lasting error recurs on the
                 // next read.
                 Err(_) if n > 0 => break,
+                Err(e) if !retried && self.is_socket() && is_pending_socket_error(&e) => {
+                    retried = true;
+                }
                 Err(e) => return self.read_error(e),
             }
         }
         ReadResult::Frames(n)
+    }
+
+    fn is_socket(&self) -> bool {
+        matches!(&self.io, Io::Fd { kind, .. } if kind.is_socket())
     }
 
     /// A zero-length read is a real (empty) datagram only on datagram
@@ -297,6 +308,19 @@ impl Channel {
             Io::Object(_) => None,
         }
     }
+}
+
+/// An error a socket reports once and then forgets (the kernel's pending
+/// `sk_err`): the reads after it return what is still queued. A SEQPACKET
+/// peer that closes with our packets unread in its queue leaves
+/// `ECONNRESET` on our socket although its own packets still wait for us;
+/// an ICMP error leaves `ECONNREFUSED`. Taking either as closure would lose
+/// those packets.
+fn is_pending_socket_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// Copies up to `max` frames out of the ring into the batch's free buffers

@@ -131,7 +131,7 @@ fn read_loop(shared: &Shared, q: usize, stop: &StopEvent, dispatcher: &dyn Dispa
             }
         }
         batch.clear();
-        let read = shared.fill(q, &mut batch);
+        let read = shared.fill(q, &mut batch, &mut |_, _| Ok(()));
         if !batch.is_empty() {
             dispatcher.deliver(q, &mut batch);
         } else if read == 0 && shared.is_alive(q) && channel.has_hung_up() {

@@ -83,6 +83,7 @@ pub(crate) struct Config {
     pub(crate) batch_size: usize,
     pub(crate) dispatch: DispatchMode,
     pub(crate) send_timeout: Duration,
+    pub(crate) gso_max_size: u32,
 }
 
 /// State shared by the endpoint and its reader threads.
@@ -162,6 +163,12 @@ impl Endpoint {
         if !VALID_VNET_LENS.contains(&o.vnet_header_len) {
             return Err(OptionsError::InvalidVnetHeaderLen(o.vnet_header_len));
         }
+        if o.gso_max_size != 0 && !(o.mtu..=MAX_IP_PACKET as u32).contains(&o.gso_max_size) {
+            return Err(OptionsError::InvalidGsoMaxSize {
+                size: o.gso_max_size,
+                mtu: o.mtu,
+            });
+        }
         let link_len = if o.ethernet { ethernet::HEADER_LEN } else { 0 };
         let largest_packet = if o.vnet_header_len > 0 {
             MAX_IP_PACKET
@@ -227,11 +234,10 @@ impl Endpoint {
 
         let caps = Capabilities::empty()
             .with(Capabilities::RESOLUTION_REQUIRED, o.ethernet)
-            .with(Capabilities::SAVE_RESTORE, o.save_restore)
-            .with(Capabilities::DISCONNECT_OK, o.disconnect_ok)
-            .with(Capabilities::TX_CHECKSUM_OFFLOAD, o.tx_checksum_offload)
-            .with(Capabilities::RX_CHECKSUM_OFFLOAD, o.rx_checksum_offload)
-            .with(Capabilities::GSO, o.gso_max_size > 0);
+            .with(
+                Capabilities::GSO,
+                o.vnet_header_len > 0 && o.gso_max_size > o.mtu,
+            );
 
         let alive = channels.iter().map(|_| AtomicBool::new(true)).collect();
         Ok(Endpoint {
@@ -247,6 +253,7 @@ impl Endpoint {
                     batch_size: o.batch_size,
                     dispatch: o.dispatch,
                     send_timeout: o.send_timeout,
+                    gso_max_size: o.gso_max_size,
                 },
                 caps,
                 stats: Stats::default(),
@@ -272,6 +279,12 @@ impl Endpoint {
             0
         };
         link + self.shared.config.vnet_len
+    }
+
+    /// The largest super-packet (IP packet) written: see
+    /// [`Options::gso_max_size`]. 0 when super-packets are off.
+    pub fn gso_max_size(&self) -> u32 {
+        self.shared.config.gso_max_size
     }
 
     /// The endpoint's MAC address (Ethernet framing only).
@@ -316,15 +329,22 @@ impl Endpoint {
         self.shared.stats.snapshot()
     }
 
-    /// Counts drops decided above the endpoint (by an offload layer), so
-    /// one set of counters tells every drop.
-    pub fn count_drop(&self, reason: DropReason, packets: u64) {
-        self.shared.stats.drop(reason, packets);
+    /// Counts packets a layer above (offloads) dropped before they reached
+    /// [`Endpoint::send`], so one set of counters tells every drop.
+    ///
+    /// Only outbound reasons are counted: a receive drop must come from the
+    /// check of [`Endpoint::recv_batch_checked`], or `frames_read` and the
+    /// drops would no longer add up. An inbound `reason` is ignored.
+    pub fn count_send_drops(&self, reason: DropReason, packets: u64) {
+        debug_assert!(!reason.is_inbound(), "{reason} is not a send drop");
+        if !reason.is_inbound() {
+            self.shared.stats.drop(reason, packets);
+        }
     }
 
     /// Why the endpoint closed, once a channel has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.shared.close_reason.get().cloned()
+        self.shared.close_reason()
     }
 
     /// True once every channel has closed.
@@ -340,44 +360,68 @@ impl Endpoint {
     /// are visited round-robin so one busy queue cannot starve the others.
     ///
     /// # Errors
-    /// [`Closed`] once every channel has closed and nothing is left.
+    /// [`Closed`] once every channel has closed and everything queued
+    /// before the closure has been received.
     pub fn recv_batch(&self, batch: &mut Batch) -> Result<usize, Closed> {
-        batch.clear();
-        let n = self.shared.channels.len();
-        let start = if n > 1 {
-            self.shared.next_rx.fetch_add(1, Ordering::Relaxed) % n
-        } else {
-            0
-        };
-        for k in 0..n {
-            if batch.free_slots() == 0 {
-                break;
-            }
-            self.shared.fill((start + k) % n, batch);
-        }
-        if batch.is_empty() && self.shared.all_closed() {
-            return Err(Closed(
-                self.close_reason().unwrap_or(CloseReason::PeerClosed),
-            ));
-        }
-        Ok(batch.len())
+        self.recv_batch_checked(None, batch, |_, _| Ok(()))
     }
 
     /// [`Endpoint::recv_batch`] on one channel only: for one stack per
     /// queue.
     ///
     /// # Errors
-    /// [`Closed`] once that channel has closed.
+    /// [`Closed`] once that channel has closed and everything queued on it
+    /// has been received.
     ///
     /// # Panics
     /// When `queue` is not below [`Endpoint::channel_count`].
     pub fn recv_batch_from(&self, queue: usize, batch: &mut Batch) -> Result<usize, Closed> {
+        self.recv_batch_checked(Some(queue), batch, |_, _| Ok(()))
+    }
+
+    /// [`Endpoint::recv_batch`] (`queue` `None`) or
+    /// [`Endpoint::recv_batch_from`] with a check of its own on each frame
+    /// that passed the link's checks, before it counts as delivered: for a
+    /// layer above (offloads) whose verdict must be part of the same
+    /// statistics. `check(batch, i)` sees packet `i` (and may change its
+    /// bytes through [`Batch::frame_mut`]); an `Err` names the inbound
+    /// [`DropReason`] it is dropped for, and it leaves the batch. So
+    /// `frames_read == rx_packets + inbound drops` holds with the check's
+    /// drops included.
+    ///
+    /// # Errors
+    /// [`Closed`] as for the two methods above.
+    ///
+    /// # Panics
+    /// When `queue` is not below [`Endpoint::channel_count`].
+    pub fn recv_batch_checked(
+        &self,
+        queue: Option<usize>,
+        batch: &mut Batch,
+        mut check: impl FnMut(&mut Batch, usize) -> Result<(), DropReason>,
+    ) -> Result<usize, Closed> {
         batch.clear();
-        self.shared.fill(queue, batch);
-        if batch.is_empty() && !self.shared.alive[queue].load(Ordering::Acquire) {
-            return Err(Closed(
-                self.close_reason().unwrap_or(CloseReason::PeerClosed),
-            ));
+        match queue {
+            Some(q) => {
+                self.shared.fill(q, batch, &mut check);
+            }
+            None => {
+                let n = self.shared.channels.len();
+                let start = if n > 1 {
+                    self.shared.next_rx.fetch_add(1, Ordering::Relaxed) % n
+                } else {
+                    0
+                };
+                for k in 0..n {
+                    if batch.free_slots() == 0 {
+                        break;
+                    }
+                    self.shared.fill((start + k) % n, batch, &mut check);
+                }
+            }
+        }
+        if batch.is_empty() {
+            self.shared.check_open(queue)?;
         }
         Ok(batch.len())
     }
@@ -386,13 +430,31 @@ impl Endpoint {
     /// (`None`: no limit). Returns whether input may be ready.
     ///
     /// For a poll loop: wait here with the stack's next deadline, then
-    /// [`Endpoint::recv_batch`].
-    pub fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+    /// [`Endpoint::recv_batch`]. A closed endpoint never looks idle or
+    /// ready: the wait returns at once. Readiness is level-triggered: a
+    /// wait after input was left unread returns at once.
+    ///
+    /// # Errors
+    /// [`Closed`] once every channel has closed (at once, whatever the
+    /// timeout). A wait that fails (the `ppoll` call, or a packet object's
+    /// wait) closes the channels it waited on with that error.
+    pub fn wait_readable(&self, timeout: Option<Duration>) -> Result<bool, Closed> {
         self.shared.wait_readable(None, timeout)
     }
 
     /// [`Endpoint::wait_readable`] on one channel.
-    pub fn wait_readable_on(&self, queue: usize, timeout: Option<Duration>) -> io::Result<bool> {
+    ///
+    /// # Errors
+    /// [`Closed`] once that channel has closed.
+    ///
+    /// # Panics
+    /// When `queue` is not below [`Endpoint::channel_count`].
+    pub fn wait_readable_on(
+        &self,
+        queue: usize,
+        timeout: Option<Duration>,
+    ) -> Result<bool, Closed> {
+        assert!(queue < self.channel_count(), "no queue {queue}");
         self.shared.wait_readable(Some(queue), timeout)
     }
 
@@ -403,19 +465,7 @@ impl Endpoint {
     /// When a send buffer is full the send waits for room up to the send
     /// timeout, then counts the rest as [`DropReason::SendBufferFull`].
     pub fn send(&self, packets: &[OutPacket<'_>]) -> SendOutcome {
-        let n = self.shared.channels.len();
-        if n == 1 {
-            return self.shared.send_on(0, packets, |_| true);
-        }
-        let mut total = SendOutcome::default();
-        for q in 0..n {
-            let out = self
-                .shared
-                .send_on(q, packets, |p| p.hash.map_or(0, |h| h as usize % n) == q);
-            total.sent += out.sent;
-            total.dropped += out.dropped;
-        }
-        total
+        self.send_with(None, packets, |_, _| false)
     }
 
     /// Sends every packet on channel `queue`, whatever its hash: for one
@@ -424,7 +474,51 @@ impl Endpoint {
     /// # Panics
     /// When `queue` is not below [`Endpoint::channel_count`].
     pub fn send_on(&self, queue: usize, packets: &[OutPacket<'_>]) -> SendOutcome {
-        self.shared.send_on(queue, packets, |_| true)
+        self.send_with(Some(queue), packets, |_, _| false)
+    }
+
+    /// [`Endpoint::send`] (`queue` `None`) or [`Endpoint::send_on`], telling
+    /// `refused(i, error)` of each packet the kernel refused (`packets[i]`,
+    /// with the write's error). When it returns `true` the caller takes the
+    /// packet back — it is in neither `sent` nor `dropped`, nor in the
+    /// statistics, and the caller accounts for it (an offload layer that
+    /// sends it again another way); otherwise it is counted as
+    /// [`DropReason::SendError`] as usual.
+    ///
+    /// # Panics
+    /// When `queue` is not below [`Endpoint::channel_count`].
+    pub fn send_with(
+        &self,
+        queue: Option<usize>,
+        packets: &[OutPacket<'_>],
+        mut refused: impl FnMut(usize, &io::Error) -> bool,
+    ) -> SendOutcome {
+        let n = self.shared.channels.len();
+        match queue {
+            Some(q) => self.shared.send_on(q, packets, |_| true, &mut refused),
+            None if n == 1 => self.shared.send_on(0, packets, |_| true, &mut refused),
+            None => {
+                let mut total = SendOutcome::default();
+                for q in 0..n {
+                    let out = self.shared.send_on(
+                        q,
+                        packets,
+                        |p| p.hash.map_or(0, |h| h as usize % n) == q,
+                        &mut refused,
+                    );
+                    total.sent += out.sent;
+                    total.dropped += out.dropped;
+                }
+                total
+            }
+        }
+    }
+
+    /// Counts a switch from a kernel offload to software after the kernel
+    /// refused it at run time ([`StatsSnapshot::offload_fallbacks`]), for
+    /// an offload layer above.
+    pub fn count_offload_fallback(&self) {
+        self.shared.stats.offload_fallback();
     }
 }
 
@@ -435,6 +529,10 @@ impl Shared {
 
     pub(crate) fn is_alive(&self, q: usize) -> bool {
         self.alive[q].load(Ordering::Acquire)
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.get().cloned()
     }
 
     pub(crate) fn all_closed(&self) -> bool {

@@ -61,8 +61,8 @@ pub use dispatch::Dispatcher;
 pub use endpoint::{CloseReason, Closed, Endpoint};
 pub use link::{EtherType, MacAddr};
 pub use options::{
-    ClosedCallback, DEFAULT_BATCH_SIZE, DEFAULT_MTU, DEFAULT_SEND_TIMEOUT, DispatchMode,
-    MAX_BATCH_SIZE, Options, OptionsError,
+    ClosedCallback, DEFAULT_BATCH_SIZE, DEFAULT_GSO_MAX_SIZE, DEFAULT_MTU, DEFAULT_SEND_TIMEOUT,
+    DispatchMode, MAX_BATCH_SIZE, Options, OptionsError,
 };
 pub use packet_io::{MemoryPacketIo, PacketIo, memory_pair};
 pub use send::{OutPacket, SendOutcome};

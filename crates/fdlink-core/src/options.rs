@@ -75,6 +75,8 @@ pub const MAX_BATCH_SIZE: usize = 1024;
 pub const DEFAULT_BATCH_SIZE: usize = fdlink_sys::mmsg::DEFAULT_BATCH;
 /// The default MTU.
 pub const DEFAULT_MTU: u32 = 1500;
+/// The default [`Options::gso_max_size`]: the largest IP packet.
+pub const DEFAULT_GSO_MAX_SIZE: u32 = 65535;
 /// How long a send waits for room in a full send buffer before it counts the
 /// rest of its batch as dropped.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_millis(100);
@@ -90,10 +92,6 @@ pub struct Options {
     pub(crate) ethernet: bool,
     pub(crate) link_address: Option<MacAddr>,
     pub(crate) closed: Option<ClosedCallback>,
-    pub(crate) save_restore: bool,
-    pub(crate) disconnect_ok: bool,
-    pub(crate) tx_checksum_offload: bool,
-    pub(crate) rx_checksum_offload: bool,
     pub(crate) gso_max_size: u32,
     pub(crate) dispatch: DispatchMode,
     pub(crate) batch_size: usize,
@@ -110,11 +108,7 @@ impl Default for Options {
             ethernet: false,
             link_address: None,
             closed: None,
-            save_restore: false,
-            disconnect_ok: false,
-            tx_checksum_offload: false,
-            rx_checksum_offload: false,
-            gso_max_size: 0,
+            gso_max_size: DEFAULT_GSO_MAX_SIZE,
             dispatch: DispatchMode::Readv,
             batch_size: DEFAULT_BATCH_SIZE,
             vnet_header_len: 0,
@@ -207,32 +201,17 @@ impl Options {
         self
     }
 
-    /// Advertise [`crate::Capabilities::SAVE_RESTORE`].
-    pub fn save_restore(mut self, on: bool) -> Self {
-        self.save_restore = on;
-        self
-    }
-
-    /// Advertise [`crate::Capabilities::DISCONNECT_OK`].
-    pub fn disconnect_ok(mut self, on: bool) -> Self {
-        self.disconnect_ok = on;
-        self
-    }
-
-    /// Advertise [`crate::Capabilities::TX_CHECKSUM_OFFLOAD`].
-    pub fn tx_checksum_offload(mut self, on: bool) -> Self {
-        self.tx_checksum_offload = on;
-        self
-    }
-
-    /// Advertise [`crate::Capabilities::RX_CHECKSUM_OFFLOAD`].
-    pub fn rx_checksum_offload(mut self, on: bool) -> Self {
-        self.rx_checksum_offload = on;
-        self
-    }
-
-    /// The largest segmentation-offload super-packet the link takes
-    /// (0: no GSO). Advertises [`crate::Capabilities::GSO`].
+    /// The largest segmentation-offload super-packet (IP packet, link
+    /// header excluded) written to the link; 0 turns super-packets off.
+    /// The default, [`DEFAULT_GSO_MAX_SIZE`], is the largest IP packet.
+    ///
+    /// It bounds what a send takes on a link with virtio-net headers
+    /// (larger packets are dropped as [`crate::DropReason::Oversized`]),
+    /// what `fdlink-gso` segments in software, and the segments the smoltcp
+    /// device lets smoltcp hand over. With virtio-net headers and a size
+    /// above the MTU the endpoint advertises [`crate::Capabilities::GSO`].
+    /// [`crate::Endpoint::new`] refuses a size between 0 and the MTU, or
+    /// above 65535.
     pub fn gso_max_size(mut self, bytes: u32) -> Self {
         self.gso_max_size = bytes;
         self
@@ -259,6 +238,8 @@ impl Options {
         self
     }
 
+    /// The default [`Options::gso_max_size`]: the largest IP packet.
+    pub const DEFAULT_GSO_MAX_SIZE: u32 = 65535;
     /// How long a send waits for a full send buffer to drain before the
     /// rest of the batch is counted as [`crate::DropReason::SendBufferFull`].
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
@@ -291,6 +272,14 @@ pub enum OptionsError {
     InvalidBatchSize(usize),
     /// The virtio-net header length is not 0, 10 or 12.
     InvalidVnetHeaderLen(usize),
+    /// [`Options::gso_max_size`] is neither 0 nor between the MTU and
+    /// 65535.
+    InvalidGsoMaxSize {
+        /// The requested size.
+        size: u32,
+        /// The MTU it must not be below.
+        mtu: u32,
+    },
     /// The receive buffer cannot hold one MTU-sized frame.
     ReceiveBufferTooSmall {
         /// The requested size.
@@ -339,6 +328,10 @@ impl fmt::Display for OptionsError {
             OptionsError::InvalidVnetHeaderLen(n) => {
                 write!(f, "virtio-net header length {n} is not 0, 10 or 12")
             }
+            OptionsError::InvalidGsoMaxSize { size, mtu } => write!(
+                f,
+                "GSO size {size} is neither 0 (off) nor within {mtu}..=65535 (the MTU to the largest IP packet)"
+            ),
             OptionsError::ReceiveBufferTooSmall { size, needed } => write!(
                 f,
                 "receive buffer of {size} bytes cannot hold a {needed}-byte frame"

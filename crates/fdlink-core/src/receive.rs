@@ -8,22 +8,27 @@ use std::time::{Duration, Instant};
 use fdlink_sys::wait::{Interest, PollFd};
 
 use crate::batch::Batch;
-use crate::channel::ReadResult;
-use crate::endpoint::Shared;
+use crate::channel::{ReadResult, WaitResult};
+use crate::endpoint::{CloseReason, Closed, Shared};
 use crate::link;
 use crate::stats::DropReason;
+
+/// A check run on each received frame that passed the link's checks,
+/// before it counts as delivered: given the batch and the frame's index in
+/// it, it keeps the frame (`Ok`) or names the inbound reason to drop it for.
+pub(crate) type Check<'a> = dyn FnMut(&mut Batch, usize) -> Result<(), DropReason> + 'a;
 
 /// Channels a wait polls from a stack array (more use a vector).
 const SMALL_POLL_SET: usize = 8;
 
 impl Shared {
     /// Reads what channel `q` has queued into `batch`'s free slots, checks
-    /// each frame, keeps the good ones and counts the rest. Returns how many
-    /// frames were read, good or bad.
-    pub(crate) fn fill(&self, q: usize, batch: &mut Batch) -> usize {
+    /// each frame (the link checks, then `check`), keeps the good ones and
+    /// counts the rest. Returns how many frames were read, good or bad.
+    pub(crate) fn fill(&self, q: usize, batch: &mut Batch, check: &mut Check<'_>) -> usize {
         let channel = &self.channels[q];
         let mut read = 0;
-        if !self.alive[q].load(Ordering::Acquire) {
+        if !self.is_alive(q) {
             return read;
         }
         while batch.free_slots() > 0 {
@@ -36,7 +41,7 @@ impl Shared {
                     return read;
                 }
             };
-            self.accept(q, batch, n);
+            self.accept(q, batch, n, check);
             read += n;
             if n < asked {
                 // The queue ran dry (or an error waits for the next read).
@@ -47,8 +52,9 @@ impl Shared {
     }
 
     /// Classifies `n` frames just read into the free slots; keeps the good
-    /// ones in order.
-    fn accept(&self, q: usize, batch: &mut Batch, n: usize) {
+    /// ones in order. A frame counts as delivered only once every check
+    /// passed, so each frame read is counted exactly once.
+    fn accept(&self, q: usize, batch: &mut Batch, n: usize, check: &mut Check<'_>) {
         let vnet_len = self.config.vnet_len;
         let eth = self.config.ethernet.then_some(self.config.link_address);
         let mut kept_bytes = 0u64;
@@ -66,69 +72,130 @@ impl Shared {
             } else {
                 link::classify(&bufs[offset][vnet_len..info.len], eth)
             };
+            let verdict = verdict.and_then(|c| {
+                batch.commit(offset, info.len, q, vnet_len, c.link_len, c.protocol);
+                let index = batch.len() - 1;
+                check(batch, index).inspect_err(|_| batch.uncommit_last())
+            });
             match verdict {
-                Ok(c) => {
-                    batch.commit(offset, info.len, q, vnet_len, c.link_len, c.protocol);
+                Ok(()) => {
                     kept += 1;
                     kept_bytes += (info.len - vnet_len) as u64;
                 }
-                Err(reason) => self.stats.drop(reason, 1),
+                Err(reason) => {
+                    debug_assert!(reason.is_inbound(), "{reason} is not a receive drop");
+                    self.stats.drop(reason, 1);
+                }
             }
         }
         self.stats.read(n as u64);
         self.stats.delivered(kept, kept_bytes);
     }
 
+    /// Waits until a live channel (`queue`, or any) may have input, or
+    /// `timeout` passes; returns whether input may be ready.
+    ///
+    /// A closed link is reported at once, never as idle or ready: a poll
+    /// loop over a dead link must end, not spin. A wait that fails closes
+    /// the channels it waited on, as it ends a push reader.
     pub(crate) fn wait_readable(
         &self,
         queue: Option<usize>,
         timeout: Option<Duration>,
-    ) -> io::Result<bool> {
-        let live = |q: &usize| self.alive[*q].load(Ordering::Acquire);
-        if let Some(fds) = self.poll_set_without_allocation(queue) {
-            let (mut set, n) = fds;
+    ) -> Result<bool, Closed> {
+        self.check_open(queue)?;
+        if let Some((mut set, n)) = self.poll_set_without_allocation(queue) {
             if n == 0 {
+                // Every channel closed since the check above.
+                self.check_open(queue)?;
                 return Ok(false);
             }
-            return Ok(fdlink_sys::wait::poll(&mut set[..n], timeout)? > 0);
+            return match fdlink_sys::wait::poll(&mut set[..n], timeout) {
+                Ok(ready) => Ok(ready > 0),
+                Err(e) => {
+                    let polled: Vec<usize> = self.live_channels(queue).collect();
+                    self.close_all(&polled, &e)
+                }
+            };
         }
-        let all = 0..self.channels.len();
         let mut fds: Vec<PollFd<'_>> = Vec::new();
+        let mut polled = Vec::new();
         let mut objects = Vec::new();
-        for q in all
-            .filter(|q| queue.is_none_or(|only| only == *q))
-            .filter(live)
-        {
+        for q in self.live_channels(queue) {
             match self.channels[q].fd() {
-                Some(fd) => fds.push(PollFd::new(fd, Interest::Read)),
+                Some(fd) => {
+                    fds.push(PollFd::new(fd, Interest::Read));
+                    polled.push(q);
+                }
                 None => objects.push(q),
             }
         }
         if objects.is_empty() {
-            if fds.is_empty() {
-                return Ok(false);
-            }
-            return Ok(fdlink_sys::wait::poll(&mut fds, timeout)? > 0);
+            return match fdlink_sys::wait::poll(&mut fds, timeout) {
+                Ok(ready) => Ok(ready > 0),
+                Err(e) => self.close_all(&polled, &e),
+            };
         }
         // Packet objects have no descriptor to poll: take turns in short
         // slices until one is ready or the time is up.
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            if !fds.is_empty() && fdlink_sys::wait::poll(&mut fds, Some(Duration::ZERO))? > 0 {
-                return Ok(true);
+            if !fds.is_empty() {
+                match fdlink_sys::wait::poll(&mut fds, Some(Duration::ZERO)) {
+                    Ok(0) => {}
+                    Ok(_) => return Ok(true),
+                    Err(e) => {
+                        let _ = self.close_all(&polled, &e);
+                        fds.clear();
+                    }
+                }
             }
             for &q in &objects {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                if let Ok(crate::channel::WaitResult::Ready) =
-                    self.channels[q].wait_readable(None, left)
-                {
-                    return Ok(true);
+                match self.channels[q].wait_readable(None, left) {
+                    Ok(WaitResult::Ready) => return Ok(true),
+                    Ok(_) => {}
+                    Err(e) => self.channel_closed(q, CloseReason::from_error(&e)),
                 }
             }
+            objects.retain(|&q| self.is_alive(q));
+            self.check_open(queue)?;
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);
             }
         }
+    }
+
+    /// [`Closed`] when the channels a call is about (`queue`, or all) have
+    /// closed.
+    pub(crate) fn check_open(&self, queue: Option<usize>) -> Result<(), Closed> {
+        let closed = match queue {
+            Some(q) => !self.is_alive(q),
+            None => self.all_closed(),
+        };
+        if closed {
+            return Err(Closed(
+                self.close_reason().unwrap_or(CloseReason::PeerClosed),
+            ));
+        }
+        Ok(())
+    }
+
+    fn live_channels(&self, queue: Option<usize>) -> impl Iterator<Item = usize> + '_ {
+        (0..self.channels.len())
+            .filter(move |q| queue.is_none_or(|only| only == *q))
+            .filter(|q| self.is_alive(*q))
+    }
+
+    /// Closes `channels` after a wait on them failed with `e`.
+    fn close_all(&self, channels: &[usize], e: &io::Error) -> Result<bool, Closed> {
+        for &q in channels {
+            self.channel_closed(q, CloseReason::from_error(e));
+        }
+        Err(Closed(
+            self.close_reason()
+                .unwrap_or_else(|| CloseReason::from_error(e)),
+        ))
     }
 
     /// The live descriptors to wait on, in a stack array, when there are

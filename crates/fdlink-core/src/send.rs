@@ -5,7 +5,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::endpoint::{CloseReason, MAX_IP_PACKET, Shared};
+use crate::endpoint::{CloseReason, Shared};
 use crate::link::{EtherType, MacAddr, ethernet};
 use crate::stats::DropReason;
 
@@ -102,11 +102,17 @@ pub struct SendOutcome {
 
 impl Shared {
     /// Sends the packets `pick` selects on channel `q`, in order.
+    ///
+    /// `refused(i, error)` hears of each packet the kernel refused; when it
+    /// returns true the caller takes packet `i` back (it is neither sent
+    /// nor counted here), otherwise it is counted as
+    /// [`DropReason::SendError`].
     pub(crate) fn send_on(
         &self,
         q: usize,
         packets: &[OutPacket<'_>],
         pick: impl Fn(&OutPacket<'_>) -> bool,
+        refused: &mut dyn FnMut(usize, &io::Error) -> bool,
     ) -> SendOutcome {
         let channel = &self.channels[q];
         let mut scratch = channel.tx.lock().expect("tx lock");
@@ -193,11 +199,14 @@ impl Shared {
                 Err(e) if is_peer_gone(&e) => {
                     self.channel_closed(q, CloseReason::PeerClosed);
                 }
-                Err(_) => {
-                    // This packet was refused (too big, device down, ...):
-                    // count it and go on with the next.
-                    self.stats.drop(DropReason::SendError, 1);
-                    dropped += 1;
+                Err(e) => {
+                    // This packet was refused (too big, device down, a
+                    // virtio header the kernel rejects): count it, unless
+                    // the caller takes it back, and go on with the next.
+                    if !refused(scratch.picked[next], &e) {
+                        self.stats.drop(DropReason::SendError, 1);
+                        dropped += 1;
+                    }
                     next += 1;
                 }
             }
@@ -207,13 +216,16 @@ impl Shared {
 
     fn check_outgoing(&self, p: &OutPacket<'_>) -> Result<(), DropReason> {
         let vnet_len = self.config.vnet_len;
-        if !(p.vnet_header.is_empty() || p.vnet_header.len() == vnet_len) {
-            return Err(DropReason::SendError);
+        let adds_link_header = self.config.ethernet && !p.framed;
+        let empty = p.payload.is_empty() && !adds_link_header;
+        if empty || !(p.vnet_header.is_empty() || p.vnet_header.len() == vnet_len) {
+            return Err(DropReason::InvalidFrame);
         }
+        let mtu = self.config.mtu as usize;
         let largest = if vnet_len > 0 {
-            MAX_IP_PACKET
+            mtu.max(self.config.gso_max_size as usize)
         } else {
-            self.config.mtu as usize
+            mtu
         };
         let link_len = if self.config.ethernet && p.framed {
             ethernet::HEADER_LEN

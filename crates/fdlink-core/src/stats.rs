@@ -26,6 +26,13 @@ pub enum DropReason {
     BadChecksum,
     /// Inbound: a packet the offload layer could not segment or complete.
     OffloadFailed,
+    /// Outbound: a packet the offload layer could not segment or give a
+    /// virtio-net header (not TCP or UDP, or malformed).
+    TxOffloadFailed,
+    /// Outbound: an empty frame, or a virtio-net header of the wrong
+    /// length: nothing a link can carry (an empty write reads as end of
+    /// file on a SEQPACKET socket or a TUN).
+    InvalidFrame,
     /// Outbound: the send buffer stayed full past the send timeout.
     SendBufferFull,
     /// Outbound: the kernel refused the packet (too big, device down, ...).
@@ -38,7 +45,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in a stable order (the order of [`DropCounts`]).
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::ShortFrame,
         DropReason::ForeignMac,
         DropReason::UnknownProtocol,
@@ -46,6 +53,8 @@ impl DropReason {
         DropReason::InvalidVirtioHeader,
         DropReason::BadChecksum,
         DropReason::OffloadFailed,
+        DropReason::TxOffloadFailed,
+        DropReason::InvalidFrame,
         DropReason::SendBufferFull,
         DropReason::SendError,
         DropReason::LinkClosed,
@@ -62,6 +71,8 @@ impl DropReason {
             DropReason::InvalidVirtioHeader => "invalid_virtio_header",
             DropReason::BadChecksum => "bad_checksum",
             DropReason::OffloadFailed => "offload_failed",
+            DropReason::TxOffloadFailed => "tx_offload_failed",
+            DropReason::InvalidFrame => "invalid_frame",
             DropReason::SendBufferFull => "send_buffer_full",
             DropReason::SendError => "send_error",
             DropReason::LinkClosed => "link_closed",
@@ -73,7 +84,9 @@ impl DropReason {
     pub fn is_inbound(self) -> bool {
         !matches!(
             self,
-            DropReason::SendBufferFull
+            DropReason::TxOffloadFailed
+                | DropReason::InvalidFrame
+                | DropReason::SendBufferFull
                 | DropReason::SendError
                 | DropReason::LinkClosed
                 | DropReason::Oversized
@@ -102,6 +115,7 @@ pub(crate) struct Stats {
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
+    offload_fallbacks: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -120,6 +134,10 @@ impl Stats {
         self.tx_bytes.fetch_add(bytes, Relaxed);
     }
 
+    pub(crate) fn offload_fallback(&self) {
+        self.offload_fallbacks.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn drop(&self, reason: DropReason, packets: u64) {
         self.drops[reason.index()].fetch_add(packets, Relaxed);
     }
@@ -135,6 +153,7 @@ impl Stats {
             rx_bytes: self.rx_bytes.load(Relaxed),
             tx_packets: self.tx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
+            offload_fallbacks: self.offload_fallbacks.load(Relaxed),
             drops,
         }
     }
@@ -191,6 +210,9 @@ pub struct StatsSnapshot {
     pub tx_packets: u64,
     /// Bytes sent (whole frames, link header included).
     pub tx_bytes: u64,
+    /// Times an offload layer switched a kernel offload to software after
+    /// the kernel refused it at run time (once per offload kind).
+    pub offload_fallbacks: u64,
     /// Drops by reason.
     pub drops: DropCounts,
 }
@@ -209,6 +231,9 @@ impl fmt::Display for StatsSnapshot {
             self.tx_bytes,
             self.drops.total()
         )?;
+        if self.offload_fallbacks > 0 {
+            write!(f, " offload_fallbacks={}", self.offload_fallbacks)?;
+        }
         for (reason, n) in self.drops.iter().filter(|(_, n)| *n > 0) {
             write!(f, " drop.{reason}={n}")?;
         }

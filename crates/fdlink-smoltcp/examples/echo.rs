@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fdlink_core::{Endpoint, MacAddr, Options};
+use fdlink_core::{Closed, Endpoint, MacAddr, Options};
 use fdlink_smoltcp::{DeviceConfig, FdlinkDevice, poll};
 use fdlink_sys::packet::{ETH_P_ALL, PacketSocket};
 use fdlink_sys::tun::{OffloadFlags, TunConfig, if_hwaddr, if_index, if_mtu, set_offload};
@@ -263,7 +263,7 @@ fn serve(
             s.listen(port).map_err(|e| format!("TCP listen: {e}"))?;
             tcp.push(sockets.add(s));
         }
-        poll(&mut iface, &mut device, &mut sockets, MAX_SLEEP).map_err(|e| format!("poll: {e}"))?;
+        poll(&mut iface, &mut device, &mut sockets, MAX_SLEEP).map_err(link_closed)?;
         let mut moved = false;
         for &h in &tcp {
             let s = sockets.get_mut::<tcp::Socket<'_>>(h);
@@ -290,11 +290,16 @@ fn serve(
             moved = true;
         }
         if moved {
-            poll(&mut iface, &mut device, &mut sockets, Duration::ZERO)
-                .map_err(|e| format!("poll: {e}"))?;
+            poll(&mut iface, &mut device, &mut sockets, Duration::ZERO).map_err(link_closed)?;
         }
     }
     Ok(device)
+}
+
+/// The one line `echo` ends with when its link dies (device deleted, peer
+/// closed, the link failing).
+fn link_closed(Closed(reason): Closed) -> String {
+    format!("the link closed: {reason}")
 }
 
 fn run(args: Args) -> Result<(), String> {

@@ -4,13 +4,11 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fdlink_core::{Endpoint, SendOutcome};
+use fdlink_core::{CloseReason, Closed, Endpoint, SendOutcome};
 use fdlink_gso::offload::{OffloadConfig, OffloadEndpoint, Receiver, RxPacket, Sender};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
 
-/// The largest IP packet, and so the largest super-packet.
-const MAX_IP_PACKET: usize = 65535;
 /// Ethernet header length.
 const ETHERNET_HEADER: usize = 14;
 /// The default [`DeviceConfig::busy_poll`]. Measured on a 2-vCPU VM, a
@@ -99,6 +97,9 @@ pub struct FdlinkDevice {
     tx: Sender,
     caps: DeviceCapabilities,
     busy_poll: Duration,
+    /// Set once the link (this device's queue) has closed and everything
+    /// queued before the closure was handed to smoltcp.
+    closed: Option<CloseReason>,
 }
 
 impl FdlinkDevice {
@@ -144,19 +145,18 @@ impl FdlinkDevice {
         caps.max_transmission_unit = endpoint.mtu() as usize + link_len;
         caps.max_burst_size = None;
         caps.checksum = checksum_caps();
-        if config.gso {
-            let size = NonZeroUsize::new(MAX_IP_PACKET + link_len);
+        let mtu = endpoint.mtu() as usize;
+        let gso_max = endpoint.gso_max_size() as usize;
+        let gso = config.gso && gso_max > mtu;
+        if gso {
+            let size = NonZeroUsize::new(gso_max + link_len);
             caps.segmentation.tcpv4 = size;
             // Not for IPv6: smoltcp 0.14 lets IPv6 TCP segments grow to the
             // offload size but then drops every IPv6 packet above the MTU
             // on send (it checks segmentation for IPv4 only). Received
             // IPv6 super-packets are still handed over whole.
         }
-        let max_packet = if config.gso {
-            MAX_IP_PACKET
-        } else {
-            endpoint.mtu() as usize
-        };
+        let max_packet = if gso { gso_max } else { mtu };
         let rx = link.receiver();
         let tx = link.sender(config.tx_batch, max_packet);
         FdlinkDevice {
@@ -166,6 +166,7 @@ impl FdlinkDevice {
             tx,
             caps,
             busy_poll: config.busy_poll,
+            closed: None,
         }
     }
 
@@ -184,13 +185,38 @@ impl FdlinkDevice {
         self.link.flush(&mut self.tx, self.queue)
     }
 
+    /// Why the link closed, once it has and everything it delivered before
+    /// the closure went to smoltcp (see [`FdlinkDevice::check_open`]).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed.clone()
+    }
+
+    /// `Err` once the link has closed and everything queued before the
+    /// closure was handed to smoltcp: for a poll loop, which must end then
+    /// (smoltcp's `receive` can only say "nothing", so the device keeps
+    /// the closure for the loop to ask here; [`crate::poll`] does).
+    ///
+    /// # Errors
+    /// [`Closed`] with the link's [`CloseReason`].
+    pub fn check_open(&self) -> Result<(), Closed> {
+        match &self.closed {
+            Some(reason) => Err(Closed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Blocks until the device may have input, or `timeout` passes
     /// (`None`: no limit). Checks without sleeping for up to
     /// [`DeviceConfig::busy_poll`] first.
-    pub fn wait(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
+    ///
+    /// # Errors
+    /// [`Closed`] at once, whatever the timeout, when the link has closed:
+    /// a dead link never looks idle.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Closed> {
         if !self.rx.is_empty() {
             return Ok(true);
         }
+        self.check_open()?;
         let spin = timeout.map_or(self.busy_poll, |t| t.min(self.busy_poll));
         if !spin.is_zero() {
             let until = std::time::Instant::now() + spin;
@@ -207,11 +233,12 @@ impl FdlinkDevice {
         self.wait_link(timeout.map(|t| t.saturating_sub(spin)))
     }
 
-    fn wait_link(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
-        match self.queue {
+    fn wait_link(&mut self, timeout: Option<Duration>) -> Result<bool, Closed> {
+        let waited = match self.queue {
             Some(q) => self.endpoint().wait_readable_on(q, timeout),
             None => self.endpoint().wait_readable(timeout),
-        }
+        };
+        waited.inspect_err(|Closed(reason)| self.closed = Some(reason.clone()))
     }
 }
 
@@ -282,10 +309,13 @@ impl phy::Device for FdlinkDevice {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        if self.rx.is_empty() {
-            // A closed link simply has nothing more to read; the endpoint's
-            // closed callback and close_reason tell why.
-            self.link.recv(&mut self.rx, self.queue).ok()?;
+        if self.rx.is_empty() && self.closed.is_none() {
+            // smoltcp can only hear "nothing" here: keep the closure for
+            // the poll loop (check_open).
+            if let Err(Closed(reason)) = self.link.recv(&mut self.rx, self.queue) {
+                self.closed = Some(reason);
+                return None;
+            }
         }
         let packet = self.rx.pop()?;
         Some((

@@ -5,6 +5,8 @@ use std::time::Duration;
 use smoltcp::iface::{Interface, PollResult, SocketSet};
 use smoltcp::time::Instant;
 
+use fdlink_core::Closed;
+
 use crate::device::FdlinkDevice;
 
 /// The longest a [`poll`] sleeps when smoltcp has no deadline: bounds how
@@ -17,16 +19,26 @@ pub const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// first). Returns whether smoltcp processed any packet.
 ///
 /// With `max_sleep` of zero it never sleeps (busy polling).
+///
+/// # Errors
+/// [`Closed`], with the link's [`fdlink_core::CloseReason`], once the link
+/// (the device's queue) has closed and smoltcp has processed everything
+/// that arrived before the closure: end the loop then. It is returned at
+/// once, without sleeping, on every later call.
 pub fn poll(
     iface: &mut Interface,
     device: &mut FdlinkDevice,
     sockets: &mut SocketSet<'_>,
     max_sleep: Duration,
-) -> std::io::Result<bool> {
+) -> Result<bool, Closed> {
     let now = Instant::now();
     let changed = iface.poll(now, device, sockets) == PollResult::SocketStateChanged;
     device.flush();
-    if changed || max_sleep.is_zero() {
+    if changed {
+        return Ok(changed);
+    }
+    device.check_open()?;
+    if max_sleep.is_zero() {
         return Ok(changed);
     }
     let delay = iface
