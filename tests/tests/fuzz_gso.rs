@@ -19,14 +19,15 @@ mod fuzz_gen;
 use fdlink_gso::complete::{complete_checksum, verify_l4_checksum};
 use fdlink_gso::gro::Coalescer;
 use fdlink_gso::segment::{SegmentBuf, segment, segment_with_hdr};
-use fdlink_gso::virtio::{GsoKind, VirtioNetHdr};
+use fdlink_gso::virtio::{GSO_BY_FRAGS, GsoKind, UDP_MAX_SEGMENTS, VirtioError, VirtioNetHdr};
 use proptest::prelude::*;
 
 #[test]
 fn virtio() {
     let strategy = (
         fuzz_gen::any_ip_packet(),
-        prop_oneof![Just(0u16), 1u16..1500],
+        // Tiny sizes make UDP_L4 super-packets of more than 128 segments.
+        prop_oneof![Just(0u16), 1u16..1500, 1u16..8, Just(GSO_BY_FRAGS)],
         fuzz_gen::vnet_lie(),
         any::<[u8; 2]>(),
     );
@@ -46,14 +47,47 @@ fn virtio() {
         prop_assert_eq!(hdr12.num_buffers, Some(u16::from_le_bytes(nb)));
         prop_assert!(VirtioNetHdr::decode(&h[..9]).is_err());
         prop_assert!(VirtioNetHdr::decode_mrg(&mrg[..11]).is_err());
-        if let Ok(offload) = hdr.validate(&packet) {
-            if let Some((start, offset)) = offload.needs_csum {
-                prop_assert!(start + offset + 2 <= packet.len());
+        // The kernel's rules (virtio_net_hdr_to_skb): what validates obeys
+        // them, and the errors for them are true.
+        let udp_payload = |start: usize| packet.len().saturating_sub(start + 8);
+        match hdr.validate(&packet) {
+            Ok(offload) => {
+                if let Some((start, offset)) = offload.needs_csum {
+                    prop_assert!(start + offset + 2 <= packet.len());
+                    let min = if offload.gso == GsoKind::TcpV6 {
+                        40
+                    } else {
+                        20
+                    };
+                    prop_assert!(start >= min, "csum_start {} below {}", start, min);
+                }
+                prop_assert!(usize::from(hdr.hdr_len) <= packet.len());
+                if offload.gso != GsoKind::None {
+                    prop_assert!(offload.gso_size > 0);
+                    prop_assert!(offload.gso_size != GSO_BY_FRAGS);
+                    let (start, _) = offload.needs_csum.unwrap_or_default();
+                    let l4 = if offload.gso.is_tcp() { 20 } else { 8 };
+                    prop_assert!(start + l4 <= packet.len());
+                }
+                if offload.gso == GsoKind::UdpL4 {
+                    let (start, _) = offload.needs_csum.unwrap_or_default();
+                    prop_assert!(
+                        udp_payload(start) <= usize::from(offload.gso_size) * UDP_MAX_SEGMENTS
+                    );
+                }
             }
-            prop_assert!(usize::from(hdr.hdr_len) <= packet.len());
-            if offload.gso != GsoKind::None {
-                prop_assert!(offload.gso_size > 0);
+            Err(VirtioError::GsoSizeByFrags) => prop_assert_eq!(hdr.gso_size, GSO_BY_FRAGS),
+            Err(VirtioError::TooManyUdpSegments {
+                payload_len,
+                gso_size,
+            }) => {
+                prop_assert_eq!(payload_len, udp_payload(usize::from(hdr.csum_start)));
+                prop_assert!(payload_len > usize::from(gso_size) * UDP_MAX_SEGMENTS);
             }
+            Err(VirtioError::CsumStartTooSmall { csum_start, min }) => {
+                prop_assert!(csum_start < min && (min == 20 || min == 40));
+            }
+            Err(_) => {}
         }
         Ok(())
     });

@@ -8,6 +8,10 @@
 //! byte for byte, what `fdlink_gso::segment` makes of the same super-packet
 //! (after decrementing TTL / hop limit, as forwarding does).
 //!
+//! Headers the kernel refuses (`virtio_net_hdr_to_skb` fails the write with
+//! `EINVAL`) must be refused by `segment_with_hdr` too, with the matching
+//! typed error, and nothing may be forwarded.
+//!
 //! The kernel's TSO and GRO on a TCP stream are in `gso_kernel_stream.rs`.
 //! Only 10.x and fd00:: addresses inside namespaces made here are used, and
 //! every loop is bounded in time.
@@ -18,8 +22,11 @@ use std::time::Duration;
 
 use fdlink_gso::checksum;
 use fdlink_gso::complete::verify_l4_checksum;
-use fdlink_gso::segment::{SegmentBuf, segment, segment_with_hdr};
-use fdlink_gso::virtio::{VirtioNetHdr, flags as vflags, gso};
+use fdlink_gso::segment::{SegmentBuf, SegmentError, segment, segment_with_hdr};
+use fdlink_gso::virtio::{
+    GSO_BY_FRAGS, UDP_MAX_SEGMENTS, VirtioError, VirtioNetHdr, flags as vflags, gso,
+};
+use fdlink_gso::wire::proto as ipproto;
 use fdlink_gso::wire::{PacketLayout, proto, tcp};
 use fdlink_sys::tun::{TunConfig, TunDevice};
 use fdlink_tests::netns::{Netns, require_root};
@@ -349,4 +356,200 @@ fn oracle_udp6_l4() {
     case.l4 = L4::Udp;
     case.payload_len = 4 * 1200;
     run_oracle_case(&case);
+}
+
+/// How long a refused case waits to be sure nothing was forwarded.
+const QUIET_WAIT: Duration = Duration::from_millis(300);
+
+/// Writes `hdr` + `packet` into the kernel and into `segment_with_hdr`;
+/// both must refuse it: the write with `EINVAL`, ours with `want`. Nothing
+/// of `case`'s flow may come out of the egress TUN.
+fn run_refused_case(case: &Case, hdr: &VirtioNetHdr, packet: &[u8], want: VirtioError) {
+    let o = oracle();
+    let mut ours = SegmentBuf::new();
+    assert_eq!(
+        segment_with_hdr(packet, 0, hdr, &mut ours),
+        Err(SegmentError::Virtio(want)),
+        "{}: our verdict",
+        case.name
+    );
+    assert!(ours.is_empty(), "{}: nothing appended on error", case.name);
+    // validate() alone says the same.
+    assert_eq!(hdr.validate(packet), Err(want), "{}: validate", case.name);
+
+    let err = tun_write(o.ingress.fds()[0].as_fd(), hdr, packet)
+        .expect_err(&format!("{}: the kernel accepted the write", case.name));
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EINVAL),
+        "{}: the kernel refused with {err}, not EINVAL",
+        case.name
+    );
+    let forwarded = collect(
+        o.egress.fds()[0].as_fd(),
+        1,
+        QUIET_WAIT,
+        Duration::ZERO,
+        |p| case.matches(p),
+    )
+    .unwrap();
+    assert!(
+        forwarded.is_empty(),
+        "{}: the kernel forwarded {} packets of a refused write",
+        case.name,
+        forwarded.len()
+    );
+}
+
+/// A UDP_L4 case of `payload_len` bytes at `gso_size`.
+fn udp_case(name: &'static str, v6: bool, payload_len: usize, gso_size: u16) -> Case {
+    let base = if v6 {
+        Case::tcp6(name)
+    } else {
+        Case::tcp4(name)
+    };
+    Case {
+        l4: L4::Udp,
+        payload_len,
+        gso_size,
+        ..base
+    }
+}
+
+#[test]
+fn oracle_udp_l4_128_segments_accepted() {
+    if !require_root("oracle_udp_l4_128_segments_accepted") {
+        return;
+    }
+    // The boundary: exactly UDP_MAX_SEGMENTS datagrams, by both.
+    for v6 in [false, true] {
+        let case = udp_case("udp_l4 128 x 1", v6, UDP_MAX_SEGMENTS, 1);
+        let (hdr, packet) = case.build();
+        assert!(hdr.validate(&packet).is_ok());
+        run_oracle_case(&case);
+    }
+    // 128 full segments of a real size.
+    run_oracle_case(&udp_case("udp_l4 128 x 400", false, 128 * 400, 400));
+}
+
+#[test]
+fn oracle_udp_l4_129_segments_refused() {
+    if !require_root("oracle_udp_l4_129_segments_refused") {
+        return;
+    }
+    for (v6, payload_len, gso_size) in [
+        (false, UDP_MAX_SEGMENTS + 1, 1),
+        (true, UDP_MAX_SEGMENTS + 1, 1),
+        (false, 128 * 400 + 1, 400),
+    ] {
+        let case = udp_case("udp_l4 129 segments", v6, payload_len, gso_size);
+        let (hdr, packet) = case.build();
+        run_refused_case(
+            &case,
+            &hdr,
+            &packet,
+            VirtioError::TooManyUdpSegments {
+                payload_len,
+                gso_size,
+            },
+        );
+    }
+}
+
+#[test]
+fn oracle_gso_by_frags_refused() {
+    if !require_root("oracle_gso_by_frags_refused") {
+        return;
+    }
+    for mut case in [
+        Case::tcp4("tcp4 GSO_BY_FRAGS"),
+        Case::tcp6("tcp6 GSO_BY_FRAGS"),
+        udp_case("udp4 GSO_BY_FRAGS", false, 4 * 1200, 1200),
+    ] {
+        case.gso_size = GSO_BY_FRAGS;
+        let (hdr, packet) = case.build();
+        run_refused_case(&case, &hdr, &packet, VirtioError::GsoSizeByFrags);
+    }
+}
+
+#[test]
+fn oracle_csum_start_below_the_ip_header_refused() {
+    if !require_root("oracle_csum_start_below_the_ip_header_refused") {
+        return;
+    }
+    // A plain (NONE) UDP packet asking for a checksum from byte 19.
+    let mut case = udp_case("none csum_start 19", false, 100, 1);
+    let (mut hdr, packet) = case.build();
+    hdr.gso_type = gso::NONE;
+    hdr.gso_size = 0;
+    hdr.hdr_len = 0;
+    hdr.csum_start = 19;
+    run_refused_case(
+        &case,
+        &hdr,
+        &packet,
+        VirtioError::CsumStartTooSmall {
+            csum_start: 19,
+            min: 20,
+        },
+    );
+    // TCPV6 needs the 40-byte IPv6 header in front of csum_start.
+    case = Case::tcp6("tcp6 csum_start 39");
+    let (mut hdr, packet) = case.build();
+    hdr.csum_start = 39;
+    run_refused_case(
+        &case,
+        &hdr,
+        &packet,
+        VirtioError::CsumStartTooSmall {
+            csum_start: 39,
+            min: 40,
+        },
+    );
+}
+
+#[test]
+fn oracle_gso_without_a_whole_tcp_header_refused() {
+    if !require_root("oracle_gso_without_a_whole_tcp_header_refused") {
+        return;
+    }
+    // TCPV4 with 18 transport bytes: room for the checksum field, not for
+    // the 20-byte TCP header.
+    let case = Case::tcp4("tcp4 18-byte transport");
+    let mut l4 = tcp_packet(
+        &case.ip,
+        &TcpSpec {
+            sport: SPORT,
+            dport: DPORT,
+            seq: 1,
+            ack: 1,
+            flags: tcp::flags::ACK,
+            window: 501,
+            options: &[],
+        },
+        &[],
+        Csum::Seed,
+    )[20..]
+        .to_vec();
+    l4.truncate(18);
+    let packet = case.ip.wrap(ipproto::TCP, &l4);
+    let hdr = VirtioNetHdr {
+        flags: vflags::NEEDS_CSUM,
+        gso_type: gso::TCPV4,
+        hdr_len: 0,
+        gso_size: 100,
+        csum_start: 20,
+        csum_offset: 16,
+        num_buffers: None,
+    };
+    run_refused_case(
+        &case,
+        &hdr,
+        &packet,
+        VirtioError::TransportHeaderOutOfBounds {
+            csum_start: 20,
+            header_len: 20,
+            packet_len: 38,
+        },
+    );
 }

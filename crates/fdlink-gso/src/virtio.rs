@@ -8,9 +8,29 @@
 //! [`VirtioNetHdr::decode`] never fails on field *values*; it only needs
 //! enough bytes. [`VirtioNetHdr::validate`] then checks every value against
 //! the packet that follows and returns a typed [`VirtioError`]: it is at
-//! least as strict as Linux's `virtio_net_hdr_to_skb`.
+//! least as strict as Linux's `virtio_net_hdr_to_skb` (6.18) together with
+//! the TUN driver's `tun_vnet_hdr_get`, which refuse a write with `EINVAL`
+//! when
+//!
+//! - `gso_type` is unknown, or a GSO packet has `gso_size` 0;
+//! - `hdr_len`, or with `NEEDS_CSUM` the checksum field
+//!   (`csum_start + csum_offset + 2`), is past the end of the packet;
+//! - with `NEEDS_CSUM`, `csum_start` is below the smallest IP header (20
+//!   bytes, 40 for TCPV6), or a GSO packet has no room for the smallest
+//!   transport header (TCP 20, UDP 8 bytes) at `csum_start`;
+//! - `csum_offset` is not the TCP (16) or UDP_L4 (6) checksum offset;
+//! - a UDP_L4 packet lacks `NEEDS_CSUM`, carries an ECN bit, or its payload
+//!   (from `csum_start + 8` to the end) needs more than
+//!   [`UDP_MAX_SEGMENTS`] segments of `gso_size`;
+//! - a GSO packet's `gso_size` is [`GSO_BY_FRAGS`].
+//!
+//! We refuse more than that: unknown flag bits, ECN on UFO, any GSO packet
+//! without `NEEDS_CSUM` (Linux probes such packets with its flow dissector)
+//! and a UFO `csum_offset` other than 6.
 
 use core::fmt;
+
+use crate::wire;
 
 /// Byte ranges of the header fields.
 pub mod field {
@@ -35,6 +55,14 @@ pub mod field {
 pub const HDR_LEN: usize = 10;
 /// Length of the mergeable-buffers header.
 pub const HDR_LEN_MRG: usize = 12;
+
+/// Most datagrams one UDP_L4 super-packet may be cut into (Linux's
+/// `UDP_MAX_SEGMENTS`).
+pub const UDP_MAX_SEGMENTS: usize = 128;
+
+/// The `gso_size` Linux reserves as its `GSO_BY_FRAGS` marker; a header
+/// carrying it is refused.
+pub const GSO_BY_FRAGS: u16 = 0xFFFF;
 
 /// Header flag bits.
 pub mod flags {
@@ -167,6 +195,9 @@ pub enum VirtioError {
     GsoWithoutNeedsCsum,
     /// A GSO packet with `gso_size == 0`.
     ZeroGsoSize,
+    /// A GSO packet with `gso_size` equal to [`GSO_BY_FRAGS`] (0xFFFF),
+    /// which Linux reserves and refuses.
+    GsoSizeByFrags,
     /// `hdr_len` is larger than the packet.
     HdrLenTooLarge {
         /// The header's `hdr_len`.
@@ -183,6 +214,14 @@ pub enum VirtioError {
         /// The packet length.
         packet_len: usize,
     },
+    /// `csum_start` (with `NEEDS_CSUM`) is below the smallest IP header
+    /// Linux accepts there: 20 bytes, or 40 for TCPV6.
+    CsumStartTooSmall {
+        /// The header's `csum_start`.
+        csum_start: u16,
+        /// The smallest value allowed for this `gso_type`.
+        min: u16,
+    },
     /// `csum_offset` is not the TCP (16) or UDP (6) checksum offset required
     /// by the `gso_type`.
     CsumOffsetMismatch {
@@ -190,6 +229,25 @@ pub enum VirtioError {
         csum_offset: u16,
         /// The offset the `gso_type` requires.
         expected: u16,
+    },
+    /// A GSO packet has no room for the smallest transport header of its
+    /// `gso_type` (TCP 20, UDP 8 bytes) at `csum_start`.
+    TransportHeaderOutOfBounds {
+        /// The header's `csum_start`.
+        csum_start: u16,
+        /// The smallest transport header length for the `gso_type`.
+        header_len: usize,
+        /// The packet length.
+        packet_len: usize,
+    },
+    /// A UDP_L4 packet whose payload (from `csum_start + 8` to the end of
+    /// the packet) would make more than [`UDP_MAX_SEGMENTS`] datagrams of
+    /// `gso_size` bytes.
+    TooManyUdpSegments {
+        /// Payload bytes after the UDP header.
+        payload_len: usize,
+        /// The header's `gso_size`.
+        gso_size: u16,
     },
 }
 
@@ -204,6 +262,12 @@ impl fmt::Display for VirtioError {
             Self::EcnWithoutTcp(v) => write!(f, "ECN bit on non-TCP gso_type {v:#04x}"),
             Self::GsoWithoutNeedsCsum => f.write_str("GSO packet without NEEDS_CSUM"),
             Self::ZeroGsoSize => f.write_str("GSO packet with gso_size 0"),
+            Self::GsoSizeByFrags => {
+                write!(
+                    f,
+                    "gso_size {GSO_BY_FRAGS:#06x} is the reserved GSO_BY_FRAGS"
+                )
+            }
             Self::HdrLenTooLarge {
                 hdr_len,
                 packet_len,
@@ -220,6 +284,24 @@ impl fmt::Display for VirtioError {
                 csum_offset,
                 expected,
             } => write!(f, "csum_offset {csum_offset}, gso_type requires {expected}"),
+            Self::CsumStartTooSmall { csum_start, min } => {
+                write!(f, "csum_start {csum_start} below the minimum {min}")
+            }
+            Self::TransportHeaderOutOfBounds {
+                csum_start,
+                header_len,
+                packet_len,
+            } => write!(
+                f,
+                "{header_len}-byte transport header at {csum_start} beyond packet length {packet_len}"
+            ),
+            Self::TooManyUdpSegments {
+                payload_len,
+                gso_size,
+            } => write!(
+                f,
+                "{payload_len} payload bytes at gso_size {gso_size} exceed {UDP_MAX_SEGMENTS} segments"
+            ),
         }
     }
 }
@@ -297,10 +379,13 @@ impl VirtioNetHdr {
     /// header, link header included if the device has one).
     ///
     /// Rules: only known flag and `gso_type` bits; ECN only with TCP; a GSO
-    /// packet has `NEEDS_CSUM` and a nonzero `gso_size`; `hdr_len` within
-    /// the packet; with `NEEDS_CSUM`, `csum_start + csum_offset + 2` within
-    /// the packet and, for GSO packets, `csum_offset` equal to the TCP (16)
-    /// or UDP (6) checksum offset.
+    /// packet has `NEEDS_CSUM` and a `gso_size` that is neither 0 nor
+    /// [`GSO_BY_FRAGS`]; `hdr_len` within the packet; with `NEEDS_CSUM`,
+    /// `csum_start + csum_offset + 2` within the packet and `csum_start` at
+    /// least 20 (40 for TCPV6); for GSO packets, `csum_offset` equal to the
+    /// TCP (16) or UDP (6) checksum offset and the smallest TCP (20) or UDP
+    /// (8) header within the packet at `csum_start`; for UDP_L4, at most
+    /// [`UDP_MAX_SEGMENTS`] segments of payload after that UDP header.
     ///
     /// This does not parse the IP packet; see
     /// [`crate::segment::segment_with_hdr`] for the checks that do.
@@ -324,6 +409,9 @@ impl VirtioNetHdr {
             if self.gso_size == 0 {
                 return Err(VirtioError::ZeroGsoSize);
             }
+            if self.gso_size == GSO_BY_FRAGS {
+                return Err(VirtioError::GsoSizeByFrags);
+            }
         }
         if usize::from(self.hdr_len) > packet.len() {
             return Err(VirtioError::HdrLenTooLarge {
@@ -341,16 +429,53 @@ impl VirtioNetHdr {
                     packet_len: packet.len(),
                 });
             }
-            let expected = match gso {
-                GsoKind::None => None,
-                GsoKind::TcpV4 | GsoKind::TcpV6 => Some(crate::wire::tcp::CHECKSUM_OFFSET),
-                GsoKind::Udp | GsoKind::UdpL4 => Some(crate::wire::udp::CHECKSUM_OFFSET),
+            // Linux's smallest network header: IPv6 for TCPV6, else IPv4.
+            let min = if gso == GsoKind::TcpV6 {
+                wire::ipv6::HEADER_LEN
+            } else {
+                wire::ipv4::HEADER_LEN
             };
-            if let Some(expected) = expected.filter(|&e| e != self.csum_offset) {
-                return Err(VirtioError::CsumOffsetMismatch {
-                    csum_offset: self.csum_offset,
-                    expected,
+            if start < min {
+                return Err(VirtioError::CsumStartTooSmall {
+                    csum_start: self.csum_start,
+                    min: min as u16,
                 });
+            }
+            // (checksum offset, smallest transport header) per GSO kind.
+            let l4 = match gso {
+                GsoKind::None => None,
+                GsoKind::TcpV4 | GsoKind::TcpV6 => {
+                    Some((wire::tcp::CHECKSUM_OFFSET, wire::tcp::HEADER_LEN))
+                }
+                GsoKind::Udp | GsoKind::UdpL4 => {
+                    Some((wire::udp::CHECKSUM_OFFSET, wire::udp::HEADER_LEN))
+                }
+            };
+            if let Some((expected, header_len)) = l4 {
+                if expected != self.csum_offset {
+                    return Err(VirtioError::CsumOffsetMismatch {
+                        csum_offset: self.csum_offset,
+                        expected,
+                    });
+                }
+                if start + header_len > packet.len() {
+                    return Err(VirtioError::TransportHeaderOutOfBounds {
+                        csum_start: self.csum_start,
+                        header_len,
+                        packet_len: packet.len(),
+                    });
+                }
+            }
+            if gso == GsoKind::UdpL4 {
+                // Linux counts from the end of the UDP header at csum_start,
+                // whatever hdr_len says; in bounds, checked just above.
+                let payload_len = packet.len().saturating_sub(start + wire::udp::HEADER_LEN);
+                if payload_len > usize::from(self.gso_size) * UDP_MAX_SEGMENTS {
+                    return Err(VirtioError::TooManyUdpSegments {
+                        payload_len,
+                        gso_size: self.gso_size,
+                    });
+                }
             }
             Some((start, offset))
         } else {
@@ -444,6 +569,177 @@ mod tests {
         );
     }
 
+    /// A UDP_L4 header for an IPv4/UDP packet (csum_start 20).
+    fn udp_gso(gso_size: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: flags::NEEDS_CSUM,
+            gso_type: gso::UDP_L4,
+            hdr_len: 28,
+            gso_size,
+            csum_start: 20,
+            csum_offset: 6,
+            num_buffers: None,
+        }
+    }
+
+    #[test]
+    fn udp_l4_allows_at_most_128_segments() {
+        // 20 IP + 8 UDP header bytes, then the payload.
+        let packet = |payload: usize| vec![0u8; 28 + payload];
+        let ok = udp_gso(1).validate(&packet(UDP_MAX_SEGMENTS)).unwrap();
+        assert_eq!(ok.gso, GsoKind::UdpL4);
+        assert_eq!(
+            udp_gso(1).validate(&packet(UDP_MAX_SEGMENTS + 1)),
+            Err(VirtioError::TooManyUdpSegments {
+                payload_len: 129,
+                gso_size: 1
+            })
+        );
+        // 128 full segments of 1000, then one byte more.
+        assert!(udp_gso(1000).validate(&packet(128_000)).is_ok());
+        assert_eq!(
+            udp_gso(1000).validate(&packet(128_001)),
+            Err(VirtioError::TooManyUdpSegments {
+                payload_len: 128_001,
+                gso_size: 1000
+            })
+        );
+        // Counted from csum_start + 8, as Linux does, not from hdr_len.
+        let mut h = udp_gso(1);
+        h.hdr_len = 20;
+        assert!(matches!(
+            h.validate(&packet(129)),
+            Err(VirtioError::TooManyUdpSegments { .. })
+        ));
+        h.csum_start = 21;
+        assert!(h.validate(&packet(129)).is_ok());
+        // TCP has no such limit.
+        let mut t = tcp_gso();
+        t.gso_size = 1;
+        assert!(t.validate(&[0; 54 + 1000]).is_ok());
+    }
+
+    #[test]
+    fn gso_by_frags_is_refused_for_every_gso_type() {
+        let p = [0u8; 100];
+        let mut t = tcp_gso();
+        t.gso_size = GSO_BY_FRAGS;
+        assert_eq!(t.validate(&p), Err(VirtioError::GsoSizeByFrags));
+        assert_eq!(
+            udp_gso(GSO_BY_FRAGS).validate(&p),
+            Err(VirtioError::GsoSizeByFrags)
+        );
+        t.gso_size = GSO_BY_FRAGS - 1;
+        assert!(t.validate(&p).is_ok());
+        // Not a GSO packet: gso_size is not looked at.
+        let none = VirtioNetHdr {
+            gso_size: GSO_BY_FRAGS,
+            ..VirtioNetHdr::default()
+        };
+        assert!(none.validate(&p).is_ok());
+    }
+
+    #[test]
+    fn csum_start_must_leave_room_for_an_ip_header() {
+        let p = [0u8; 100];
+        let none = |csum_start| VirtioNetHdr {
+            flags: flags::NEEDS_CSUM,
+            csum_start,
+            csum_offset: 6,
+            ..VirtioNetHdr::default()
+        };
+        assert_eq!(
+            none(19).validate(&p),
+            Err(VirtioError::CsumStartTooSmall {
+                csum_start: 19,
+                min: 20
+            })
+        );
+        assert!(none(0).validate(&p).is_err());
+        assert_eq!(none(20).validate(&p).unwrap().needs_csum, Some((20, 6)));
+        // TCPV6 needs an IPv6 header's 40 bytes; TCPV4 and UDP_L4 only 20.
+        let mut t = tcp_gso();
+        t.gso_type = gso::TCPV6;
+        t.csum_start = 39;
+        assert_eq!(
+            t.validate(&p),
+            Err(VirtioError::CsumStartTooSmall {
+                csum_start: 39,
+                min: 40
+            })
+        );
+        t.csum_start = 40;
+        assert!(t.validate(&p).is_ok());
+        t.gso_type = gso::TCPV4;
+        t.csum_start = 20;
+        assert!(t.validate(&p).is_ok());
+        assert!(udp_gso(100).validate(&p).is_ok());
+        // Without NEEDS_CSUM there is no csum_start to check.
+        let plain = VirtioNetHdr::default();
+        assert!(plain.validate(&[]).is_ok());
+    }
+
+    #[test]
+    fn gso_needs_a_whole_transport_header_at_csum_start() {
+        // TCP: the checksum field fits (20 + 16 + 2 = 38) but not 20 bytes
+        // of header.
+        let mut t = tcp_gso();
+        t.csum_start = 20;
+        t.hdr_len = 0;
+        assert_eq!(
+            t.validate(&[0; 39]),
+            Err(VirtioError::TransportHeaderOutOfBounds {
+                csum_start: 20,
+                header_len: 20,
+                packet_len: 39
+            })
+        );
+        assert!(t.validate(&[0; 40]).is_ok());
+        // A non-GSO packet needs only the checksum field.
+        t.gso_type = gso::NONE;
+        assert!(t.validate(&[0; 38]).is_ok());
+        // UDP: the checksum field ends with the header.
+        let mut u = udp_gso(100);
+        u.hdr_len = 0;
+        assert!(u.validate(&[0; 28]).is_ok());
+        assert!(matches!(
+            u.validate(&[0; 27]),
+            Err(VirtioError::CsumOutOfBounds { .. })
+        ));
+    }
+
+    #[test]
+    fn new_errors_display() {
+        let shown = [
+            VirtioError::GsoSizeByFrags.to_string(),
+            VirtioError::TooManyUdpSegments {
+                payload_len: 129,
+                gso_size: 1,
+            }
+            .to_string(),
+            VirtioError::CsumStartTooSmall {
+                csum_start: 19,
+                min: 20,
+            }
+            .to_string(),
+            VirtioError::TransportHeaderOutOfBounds {
+                csum_start: 20,
+                header_len: 20,
+                packet_len: 39,
+            }
+            .to_string(),
+        ];
+        assert_eq!(
+            shown,
+            [
+                "gso_size 0xffff is the reserved GSO_BY_FRAGS",
+                "129 payload bytes at gso_size 1 exceed 128 segments",
+                "csum_start 19 below the minimum 20",
+                "20-byte transport header at 20 beyond packet length 39",
+            ]
+        );
+    }
+
     #[test]
     fn extreme_values_do_not_overflow() {
         let h = VirtioNetHdr {
@@ -453,5 +749,11 @@ mod tests {
             ..VirtioNetHdr::default()
         };
         assert!(h.validate(&[]).is_err());
+        // The largest UDP_L4 gso_size times 128 fits any usize we run on.
+        let u = VirtioNetHdr {
+            gso_size: GSO_BY_FRAGS - 1,
+            ..udp_gso(1)
+        };
+        assert!(u.validate(&[0; 65535]).is_ok());
     }
 }

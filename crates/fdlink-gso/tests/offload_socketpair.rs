@@ -23,6 +23,16 @@ fn tcp_v4(payload_len: usize) -> Vec<u8> {
     out
 }
 
+/// An IPv4 UDP packet with `payload_len` bytes and every checksum right.
+fn udp_v4(payload_len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..payload_len).map(|i| (i % 251) as u8).collect();
+    let builder =
+        etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(40000, 5000);
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, &payload).unwrap();
+    out
+}
+
 fn pair(vnet: usize) -> (OffloadEndpoint, OwnedFd, OffloadEndpoint) {
     let (a, b) = socketpair(SocketType::SeqPacket).unwrap();
     let raw = a.try_clone().unwrap();
@@ -142,4 +152,29 @@ fn lying_virtio_header_and_bad_checksum_are_counted_and_the_next_packet_arrives(
     let stats = b.endpoint().stats();
     assert_eq!(stats.drops.get(DropReason::InvalidVirtioHeader), 1);
     assert_eq!(stats.drops.get(DropReason::BadChecksum), 1);
+}
+
+#[test]
+fn headers_linux_refuses_are_dropped_on_receive() {
+    let (_a, raw, b) = pair(10);
+    // NEEDS_CSUM, UDP_L4, hdr_len 28, gso_size, csum_start 20, csum_offset 6.
+    let udp_l4 = |gso_size: u16, payload_len: usize| {
+        let mut w = vec![1u8, 5, 28, 0];
+        w.extend_from_slice(&gso_size.to_le_bytes());
+        w.extend_from_slice(&[20, 0, 6, 0]);
+        w.extend_from_slice(&udp_v4(payload_len));
+        w
+    };
+    // 129 segments of one byte; then GSO_BY_FRAGS; then 128 segments.
+    for write in [udp_l4(1, 129), udp_l4(0xffff, 100), udp_l4(1, 128)] {
+        fdlink_sys::io::write(raw.as_fd(), &write).unwrap();
+    }
+    let mut rx = b.receiver();
+    let got = receive(&b, &mut rx, 128);
+    assert_eq!(got.len(), 128);
+    let payload: Vec<u8> = got.iter().flat_map(|p| p[28..].to_vec()).collect();
+    assert_eq!(payload, udp_v4(128)[28..], "only the 128-segment packet");
+    assert!(got.iter().all(|p| verify_l4_checksum(p)));
+    let stats = b.endpoint().stats();
+    assert_eq!(stats.drops.get(DropReason::InvalidVirtioHeader), 2);
 }
