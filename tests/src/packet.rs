@@ -12,6 +12,18 @@ use std::ops::Range;
 use fdlink_gso::checksum::{self, Checksum};
 use fdlink_gso::wire::{IpVersion, PacketLayout, proto, tcp};
 
+/// A bare IPv4 packet of `len` bytes (at least 20): a header with only
+/// its version, length and total length set, every other byte `tag`. No
+/// checksum is right; for tests of the link, which does not look past the
+/// IP version.
+pub fn tagged_ipv4(len: usize, tag: u8) -> Vec<u8> {
+    let mut p = vec![tag; len.max(20)];
+    p[0] = 0x45;
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p
+}
+
 /// The IP layer of a test packet.
 #[derive(Debug, Clone)]
 pub struct IpSpec {

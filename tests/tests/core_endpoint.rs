@@ -11,19 +11,12 @@ use fdlink_core::{
     Options, OptionsError, OutPacket, PacketIo, memory_pair,
 };
 use fdlink_sys::fd::{SocketType, socketpair};
+use fdlink_tests::packet::tagged_ipv4;
 
 const OWN: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
 const PEER: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x02]);
 const MODES: [DispatchMode; 2] = [DispatchMode::Readv, DispatchMode::Recvmmsg];
 const TYPES: [SocketType; 2] = [SocketType::SeqPacket, SocketType::Datagram];
-
-fn ipv4(len: usize, tag: u8) -> Vec<u8> {
-    let mut p = vec![tag; len.max(20)];
-    p[0] = 0x45;
-    let total = p.len() as u16;
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p
-}
 
 /// An IPv6 packet with a hop-by-hop and a destination-options header before
 /// a UDP header.
@@ -152,8 +145,8 @@ fn gso_max_size_bounds_what_a_send_takes() {
     )
     .unwrap();
     assert_eq!(e.gso_max_size(), 9000);
-    let fits = ipv4(9000, 1);
-    let too_big = ipv4(9001, 2);
+    let fits = tagged_ipv4(9000, 1);
+    let too_big = tagged_ipv4(9001, 2);
     let out = e.send(&[OutPacket::ip(&fits), OutPacket::ip(&too_big)]);
     assert_eq!((out.sent, out.dropped), (1, 1));
     let s = e.stats();
@@ -166,7 +159,7 @@ fn gso_max_size_bounds_what_a_send_takes() {
     // Without GSO, the MTU bounds every send.
     let (b, _q) = pair(SocketType::SeqPacket);
     let e = Endpoint::new(Options::new().fd(b).vnet_header_len(10).gso_max_size(0)).unwrap();
-    let out = e.send(&[OutPacket::ip(&ipv4(1501, 3))]);
+    let out = e.send(&[OutPacket::ip(&tagged_ipv4(1501, 3))]);
     assert_eq!((out.sent, out.dropped), (0, 1));
     assert_eq!(e.stats().drops.get(DropReason::Oversized), 1);
 }
@@ -176,7 +169,7 @@ fn empty_frames_are_refused_not_written() {
     // An empty write would read as end of file on the peer's SEQPACKET end.
     let (a, peer) = pair(SocketType::SeqPacket);
     let e = Endpoint::new(Options::new().fd(a)).unwrap();
-    let p = ipv4(40, 1);
+    let p = tagged_ipv4(40, 1);
     let out = e.send(&[OutPacket::ip(&[]), OutPacket::ip(&p), OutPacket::frame(&[])]);
     assert_eq!((out.sent, out.dropped), (1, 2));
     let s = e.stats();
@@ -289,7 +282,7 @@ fn explicit_source_mac_is_preserved() {
     let (a, peer) = pair(SocketType::Datagram);
     let e = Endpoint::new(Options::new().fd(a).ethernet(true).link_address(OWN)).unwrap();
     let other = MacAddr([0x02, 0xaa, 0, 0, 0, 9]);
-    e.send(&[OutPacket::ip(&ipv4(20, 1)).to(PEER).from(other)]);
+    e.send(&[OutPacket::ip(&tagged_ipv4(20, 1)).to(PEER).from(other)]);
     let wire = peer_read(&peer);
     assert_eq!(&wire[6..12], &other.0);
 }
@@ -300,7 +293,7 @@ fn hashed_packet_leaves_on_hash_mod_channels() {
     let (ours, peers): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
     let e = Endpoint::new(Options::new().fds(ours)).unwrap();
     for hash in [0u32, 1, 2, 3, 7, 11, u32::MAX] {
-        let p = ipv4(40, hash as u8);
+        let p = tagged_ipv4(40, hash as u8);
         assert_eq!(e.send(&[OutPacket::ip(&p).with_hash(hash)]).sent, 1);
         let want = hash as usize % 3;
         assert_eq!(peer_read(&peers[want]), p, "hash {hash} on channel {want}");
@@ -311,7 +304,7 @@ fn hashed_packet_leaves_on_hash_mod_channels() {
         }
     }
     // No hash: the first channel.
-    let p = ipv4(20, 0xee);
+    let p = tagged_ipv4(20, 0xee);
     e.send(&[OutPacket::ip(&p)]);
     assert_eq!(peer_read(&peers[0]), p);
 }
@@ -327,7 +320,7 @@ fn peer_packets_arrive_with_their_protocol_in_every_mode() {
                     o = o.ethernet(true).link_address(OWN);
                 }
                 let e = Endpoint::new(o).unwrap();
-                let v4 = ipv4(100, 4);
+                let v4 = tagged_ipv4(100, 4);
                 let v6 = ipv6_with_extensions(6);
                 let arp = vec![0u8; 28];
                 let wrap = |t, p: &[u8]| {
@@ -372,7 +365,7 @@ fn bad_frames_are_counted_and_the_next_good_one_arrives() {
             let e = Endpoint::new(Options::new().fd(a).dispatch(mode)).unwrap();
             peer_write(&peer, &[0x50; 40]);
             peer_write(&peer, &[0x45; 10]);
-            let good = ipv4(60, 9);
+            let good = tagged_ipv4(60, 9);
             peer_write(&peer, &good);
             let mut batch = e.new_batch();
             assert_eq!(
@@ -416,9 +409,9 @@ fn oversized_packet_is_counted_as_truncated_never_delivered_cut() {
         for mode in MODES {
             let (a, peer) = pair(ty);
             let e = Endpoint::new(Options::new().fd(a).dispatch(mode).mtu(1000)).unwrap();
-            peer_write(&peer, &ipv4(5000, 1));
-            peer_write(&peer, &ipv4(1001, 2));
-            let good = ipv4(1000, 3);
+            peer_write(&peer, &tagged_ipv4(5000, 1));
+            peer_write(&peer, &tagged_ipv4(1001, 2));
+            let good = tagged_ipv4(1000, 3);
             peer_write(&peer, &good);
             let mut batch = e.new_batch();
             let got = pull(&e, &mut batch, 1);
@@ -447,7 +440,7 @@ fn seqpacket_peer_close_calls_back_exactly_once_when_pulling() {
         let (a, peer) = pair(SocketType::SeqPacket);
         let (calls, cb) = counting_callback();
         let e = Endpoint::new(Options::new().fd(a).dispatch(mode).on_closed(cb)).unwrap();
-        let last = ipv4(40, 7);
+        let last = tagged_ipv4(40, 7);
         peer_write(&peer, &last);
         drop(peer);
         let mut batch = e.new_batch();
@@ -483,7 +476,7 @@ fn seqpacket_peer_close_ends_readers_and_calls_back_once() {
         }))
         .unwrap();
         for i in 0..10 {
-            peer_write(&peer, &ipv4(64, i));
+            peer_write(&peer, &tagged_ipv4(64, i));
         }
         drop(peer);
         // wait() returns only because the reader ended on the closure: it
@@ -516,7 +509,7 @@ fn datagram_peer_close_is_seen_on_send_and_calls_back_once() {
         let (calls, cb) = counting_callback();
         let e = Endpoint::new(Options::new().fd(a).dispatch(mode).on_closed(cb)).unwrap();
         drop(peer);
-        let p = ipv4(20, 1);
+        let p = tagged_ipv4(20, 1);
         let out = e.send(&[OutPacket::ip(&p), OutPacket::ip(&p)]);
         assert_eq!((out.sent, out.dropped), (0, 2), "{mode}");
         e.send(&[OutPacket::ip(&p)]);
@@ -541,7 +534,7 @@ fn detach_is_prompt_and_reattach_works() {
     };
     e.attach(make(Arc::clone(&delivered))).unwrap();
     e.attach(make(Arc::clone(&delivered))).unwrap(); // no-op
-    peer_write(&peer, &ipv4(20, 1));
+    peer_write(&peer, &tagged_ipv4(20, 1));
     let deadline = Instant::now() + Duration::from_secs(5);
     while delivered.load(Ordering::SeqCst) < 1 {
         assert!(Instant::now() < deadline);
@@ -556,7 +549,7 @@ fn detach_is_prompt_and_reattach_works() {
         t.elapsed()
     );
     e.attach(make(Arc::clone(&delivered))).unwrap();
-    peer_write(&peer, &ipv4(20, 2));
+    peer_write(&peer, &tagged_ipv4(20, 2));
     while delivered.load(Ordering::SeqCst) < 2 {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(1));
@@ -580,12 +573,12 @@ fn endpoint_runs_over_the_in_memory_pair() {
             .on_closed(cb),
     )
     .unwrap();
-    let good = ipv4(200, 5);
+    let good = tagged_ipv4(200, 5);
     theirs.send(&[&frame(OWN, EtherType::IPV4, &good)]).unwrap();
     theirs
         .send(&[&frame(PEER, EtherType::IPV4, &good)])
         .unwrap();
-    theirs.send(&[&ipv4(3000, 1)]).unwrap();
+    theirs.send(&[&tagged_ipv4(3000, 1)]).unwrap();
     theirs.send(&[&frame(OWN, EtherType::IPV4, &good)]).unwrap();
     let mut batch = e.new_batch();
     let got = pull(&e, &mut batch, 2);
@@ -643,10 +636,11 @@ impl PacketIo for Scripted {
 #[test]
 fn endpoint_runs_over_a_user_supplied_object() {
     let obj = Arc::new(Scripted::default());
-    obj.inbound
-        .lock()
-        .unwrap()
-        .extend([ipv4(30, 1), vec![0x70; 30], ipv6_with_extensions(2)]);
+    obj.inbound.lock().unwrap().extend([
+        tagged_ipv4(30, 1),
+        vec![0x70; 30],
+        ipv6_with_extensions(2),
+    ]);
     let e = Endpoint::new(Options::new().packet_io(Arc::clone(&obj))).unwrap();
     let delivered = Arc::new(Mutex::new(Vec::new()));
     let d = Arc::clone(&delivered);
@@ -667,15 +661,15 @@ fn endpoint_runs_over_a_user_supplied_object() {
         vec![(0, EtherType::IPV4), (0, EtherType::IPV6)]
     );
     assert_eq!(e.stats().drops.get(DropReason::UnknownProtocol), 1);
-    e.send(&[OutPacket::ip(&ipv4(20, 3))]);
-    assert_eq!(*obj.sent.lock().unwrap(), vec![ipv4(20, 3)]);
+    e.send(&[OutPacket::ip(&tagged_ipv4(20, 3))]);
+    assert_eq!(*obj.sent.lock().unwrap(), vec![tagged_ipv4(20, 3)]);
 }
 
 #[test]
 fn full_send_buffer_waits_then_counts_drops() {
     let (a, _peer) = pair(SocketType::Datagram);
     let e = Endpoint::new(Options::new().fd(a).send_timeout(Duration::from_millis(20))).unwrap();
-    let p = ipv4(1400, 1);
+    let p = tagged_ipv4(1400, 1);
     let packets: Vec<_> = (0..2000).map(|_| OutPacket::ip(&p)).collect();
     let out = e.send(&packets);
     assert_eq!(out.sent + out.dropped, 2000);

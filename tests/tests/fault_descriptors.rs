@@ -18,14 +18,7 @@ use std::time::{Duration, Instant};
 use fdlink_core::{Batch, CloseReason, DispatchMode, DropReason, Endpoint, Options, OutPacket};
 use fdlink_sys::fd::{SocketType, socketpair};
 use fdlink_tests::faults::{ClosedLog, check_rx_accounting};
-
-fn ipv4(len: usize, tag: u8) -> Vec<u8> {
-    let mut p = vec![tag; len.max(20)];
-    p[0] = 0x45;
-    let total = p.len() as u16;
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p
-}
+use fdlink_tests::packet::tagged_ipv4;
 
 fn pair(ty: SocketType) -> (OwnedFd, OwnedFd) {
     let (a, b) = socketpair(ty).unwrap();
@@ -82,7 +75,7 @@ fn full_send_buffer_gives_counted_drops_in_bounded_time() {
                 .on_closed(ClosedLog::callback(&log)),
         )
         .unwrap();
-        let p = ipv4(1000, 7);
+        let p = tagged_ipv4(1000, 7);
         let burst: Vec<OutPacket<'_>> = (0..64).map(|_| OutPacket::ip(&p)).collect();
         let start = Instant::now();
         let (mut sent, mut dropped) = (0, 0);
@@ -123,7 +116,7 @@ fn peer_closes_in_the_middle_of_its_burst_under_a_push_reader() {
             let mut written = 0u64;
             let deadline = Instant::now() + Duration::from_secs(10);
             for i in 0..5000u32 {
-                let p = ipv4(100 + (i % 900) as usize, i as u8);
+                let p = tagged_ipv4(100 + (i % 900) as usize, i as u8);
                 loop {
                     match fdlink_sys::io::write(peer.as_fd(), &p) {
                         Ok(_) => break,
@@ -180,7 +173,7 @@ fn peer_closes_in_the_middle_of_our_send_burst() {
             }
             drop(peer);
         });
-        let p = ipv4(500, 1);
+        let p = tagged_ipv4(500, 1);
         let burst: Vec<OutPacket<'_>> = (0..32).map(|_| OutPacket::ip(&p)).collect();
         let start = Instant::now();
         let (mut sent, mut dropped) = (0u64, 0u64);
@@ -210,7 +203,7 @@ fn peer_shut_down_under_a_running_reader() {
             let (ours, peer) = pair(SocketType::SeqPacket);
             let (e, log, delivered) = counting_reader(ours, mode);
             for i in 0..100 {
-                fdlink_sys::io::write(peer.as_fd(), &ipv4(64, i)).unwrap();
+                fdlink_sys::io::write(peer.as_fd(), &tagged_ipv4(64, i)).unwrap();
             }
             // Let the reader be in its wait when the shutdown comes.
             std::thread::sleep(Duration::from_millis(20));
@@ -241,7 +234,7 @@ fn detach_and_reattach_under_load_loses_nothing_read() {
     let writer = std::thread::spawn(move || {
         let mut written = 0u64;
         while !s2.load(Ordering::Relaxed) {
-            if fdlink_sys::io::write(peer.as_fd(), &ipv4(200, written as u8)).is_ok() {
+            if fdlink_sys::io::write(peer.as_fd(), &tagged_ipv4(200, written as u8)).is_ok() {
                 written += 1;
             } else {
                 std::thread::yield_now();

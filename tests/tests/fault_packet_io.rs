@@ -16,18 +16,12 @@ use fdlink_core::{
 };
 use fdlink_gso::offload::{OffloadConfig, OffloadEndpoint};
 use fdlink_tests::faults::{ClosedLog, Fault, FaultyIo, Plan, check_rx_accounting};
+use fdlink_tests::packet::tagged_ipv4;
 
 const OWN: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 
-fn ipv4(tag: u8) -> Vec<u8> {
-    let mut p = vec![tag; 60];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&60u16.to_be_bytes());
-    p
-}
-
 fn frame(ethernet: bool, tag: u8) -> Vec<u8> {
-    let ip = ipv4(tag);
+    let ip = tagged_ipv4(60, tag);
     if !ethernet {
         return ip;
     }
@@ -303,7 +297,7 @@ fn interrupted_send_is_retried() {
     let io: Faulty = Arc::new(FaultyIo::new(a).send_plan(Plan::script([Fault::Interrupted])));
     let log = ClosedLog::new();
     let e = endpoint(&io, false, &log);
-    let p = ipv4(1);
+    let p = tagged_ipv4(60, 1);
     let out = e.send(&[OutPacket::ip(&p)]);
     assert_eq!((out.sent, out.dropped), (1, 0), "{}", e.stats());
     let mut buf = [0u8; 100];
@@ -329,7 +323,7 @@ fn send_faults_are_counted_and_end_with_one_closure() {
         );
         let log = ClosedLog::new();
         let e = endpoint(&io, seed % 2 == 0, &log);
-        let packets: Vec<Vec<u8>> = (0..64).map(|i| ipv4(i as u8)).collect();
+        let packets: Vec<Vec<u8>> = (0..64).map(|i| tagged_ipv4(60, i as u8)).collect();
         let out: Vec<OutPacket<'_>> = packets.iter().map(|p| OutPacket::ip(p)).collect();
         let mut sent = 0;
         let mut dropped = 0;
@@ -386,7 +380,7 @@ fn send_eof_closes_once_and_counts_the_rest_as_link_closed() {
     let io: Faulty = Arc::new(FaultyIo::new(a).send_plan(Plan::after(3, Fault::Eof)));
     let log = ClosedLog::new();
     let e = endpoint(&io, false, &log);
-    let packets: Vec<Vec<u8>> = (0..10).map(|i| ipv4(i as u8)).collect();
+    let packets: Vec<Vec<u8>> = (0..10).map(|i| tagged_ipv4(60, i as u8)).collect();
     let out: Vec<OutPacket<'_>> = packets.iter().map(|p| OutPacket::ip(p)).collect();
     let o = e.send(&out);
     assert_eq!((o.sent, o.dropped), (3, 7));
@@ -413,7 +407,7 @@ fn offload_endpoint_with_receive_faults_accounts_for_every_frame() {
         let mut frames = 0;
         for i in 0..200u32 {
             let mut f = vec![0u8; 10]; // no offload, no flags
-            f.extend_from_slice(&ipv4(i as u8));
+            f.extend_from_slice(&tagged_ipv4(60, i as u8));
             b.send(&[&f]).unwrap();
             frames += 1;
         }

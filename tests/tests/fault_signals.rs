@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use fdlink_core::{Batch, CloseReason, Endpoint, Options, OutPacket};
 use fdlink_sys::fd::{SocketType, socketpair};
+use fdlink_tests::packet::tagged_ipv4;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -59,12 +60,6 @@ impl Drop for Storm {
     }
 }
 
-fn ipv4(tag: u8) -> Vec<u8> {
-    let mut p = vec![tag; 64];
-    p[0] = 0x45;
-    p
-}
-
 #[test]
 fn push_readers_and_blocked_senders_survive_a_signal_storm() {
     let storm = Storm::start();
@@ -95,7 +90,7 @@ fn push_readers_and_blocked_senders_survive_a_signal_storm() {
             .send_timeout(Duration::from_secs(10)),
     )
     .unwrap();
-    let packet = ipv4(7);
+    let packet = tagged_ipv4(64, 7);
     let burst: Vec<_> = (0..64).map(|_| OutPacket::ip(&packet)).collect();
     let mut sent = 0;
     let mut dropped = 0;

@@ -13,14 +13,7 @@ use std::time::{Duration, Instant};
 use fdlink_core::{Batch, CloseReason, Endpoint, Options, OutPacket};
 use fdlink_sys::fd::{SocketType, socketpair};
 use fdlink_tests::faults::{ClosedLog, check_rx_accounting, memory_kib, under_valgrind};
-
-fn ipv4(len: usize, tag: u8) -> Vec<u8> {
-    let mut p = vec![tag; len.max(20)];
-    p[0] = 0x45;
-    let total = p.len() as u16;
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p
-}
+use fdlink_tests::packet::tagged_ipv4;
 
 #[test]
 fn flood_keeps_peak_memory_bounded() {
@@ -54,7 +47,7 @@ fn flood_keeps_peak_memory_bounded() {
     // Peer → endpoint.
     let (p2, s2) = (Arc::clone(&peer), Arc::clone(&stop));
     let writer = std::thread::spawn(move || {
-        let packets: Vec<Vec<u8>> = (0..16).map(|i| ipv4(64 + i * 90, i as u8)).collect();
+        let packets: Vec<Vec<u8>> = (0..16).map(|i| tagged_ipv4(64 + i * 90, i as u8)).collect();
         let mut written = 0u64;
         while !s2.load(Ordering::Relaxed) {
             let p = &packets[(written % 16) as usize];
@@ -79,7 +72,7 @@ fn flood_keeps_peak_memory_bounded() {
         }
         read
     });
-    let p = ipv4(1200, 9);
+    let p = tagged_ipv4(1200, 9);
     let burst: Vec<OutPacket<'_>> = (0..32).map(|_| OutPacket::ip(&p)).collect();
     let (mut sent, mut dropped) = (0u64, 0u64);
     let start = Instant::now();

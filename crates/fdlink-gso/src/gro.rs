@@ -43,7 +43,8 @@ pub struct CoalescerConfig {
     /// Largest IP packet produced (at most 65535, the IPv4 limit).
     pub max_len: usize,
     /// Most UDP datagrams merged into one super-packet (Linux refuses more
-    /// than 128 per UDP GSO packet).
+    /// than 128 per UDP GSO packet, so [`Coalescer::with_config`] caps it
+    /// there).
     pub max_udp_segments: usize,
     /// Verify each packet's transport (and IPv4 header) checksum before
     /// merging it, so that a corrupt packet is never hidden behind a
@@ -116,10 +117,13 @@ impl Coalescer {
         Self::default()
     }
 
-    /// A coalescer with `config` (`max_len` is capped at 65535).
+    /// A coalescer with `config` (`max_len` is capped at 65535 and
+    /// `max_udp_segments` at [`crate::virtio::UDP_MAX_SEGMENTS`], the most
+    /// Linux takes in one UDP super-packet).
     #[must_use]
     pub fn with_config(mut config: CoalescerConfig) -> Self {
         config.max_len = config.max_len.min(65535);
+        config.max_udp_segments = config.max_udp_segments.min(crate::virtio::UDP_MAX_SEGMENTS);
         Self {
             config,
             ..Self::default()
@@ -455,5 +459,38 @@ mod tests {
         gro.flush();
         assert_eq!(gro.len(), 2);
         assert!(gro.iter().all(|(_, b)| b.len() <= 2100));
+    }
+
+    #[test]
+    fn udp_runs_stop_at_the_kernels_segment_limit() {
+        // 300 datagrams of 10 bytes: Linux refuses a UDP super-packet of more
+        // than 128 segments, so the coalescer never builds one, whatever it
+        // is configured with.
+        let config = CoalescerConfig {
+            max_udp_segments: 1000,
+            ..CoalescerConfig::default()
+        };
+        let mut udp = vec![
+            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, //
+            0, 1, 0, 2, 0, 0, 0, 0,
+        ];
+        let total = 28 + 3000;
+        udp[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        udp[24..26].copy_from_slice(&((total - 20) as u16).to_be_bytes());
+        udp.resize(total, 0x5c);
+        let segs = segments(&udp, 10);
+        assert_eq!(segs.len(), 300);
+        let mut gro = Coalescer::with_config(config);
+        segs.iter().for_each(|s| gro.push(s));
+        gro.flush();
+        let counts: Vec<usize> = gro.iter().map(|(_, b)| (b.len() - 28) / 10).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 300, "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| n <= crate::virtio::UDP_MAX_SEGMENTS),
+            "{counts:?}"
+        );
+        for (hdr, bytes) in gro.iter() {
+            assert!(hdr.validate(bytes).is_ok(), "the kernel would take it");
+        }
     }
 }
