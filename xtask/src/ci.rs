@@ -148,8 +148,7 @@ fn run_examples(steps: &mut Steps) {
 
 /// Runs `dump` and `echo` against TUN devices in a namespace (root only).
 fn run_device_examples(steps: &mut Steps) {
-    let on_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !crate::device_examples::capable() && !on_ci {
+    if !crate::device_examples::capable() && !cmd::on_ci() {
         steps.note("device examples: SKIP (need root and /dev/net/tun)");
         return;
     }
