@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: every check a change must pass. All steps run, each
 //! reported on one line, so one run shows every problem; the task fails if
-//! any step failed.
+//! any step failed. The first step, `tools`, installs what the others run
+//! when it is missing (as root; see [`crate::tools`]).
 
 use std::process::ExitCode;
 
@@ -71,9 +72,11 @@ const EXAMPLES: &[Example] = &[
 /// The packages meant for crates.io (the others have `publish = false`).
 const PUBLISHED: &[&str] = &["fdlink-sys", "fdlink-core", "fdlink-gso", "fdlink-smoltcp"];
 
-/// Runs all CI steps, then prints `ci: N passed, M failed`.
+/// Runs all CI steps (tools first), then prints `ci: N passed, M failed`.
 pub(crate) fn run() -> ExitCode {
     let mut steps = Steps::new("ci");
+    // First, so that the steps below find what they run.
+    crate::tools::ensure(&mut steps);
     steps.step("fmt", || cmd::run(&mut cargo(["fmt", "--all", "--check"])));
     steps.step("clippy", || {
         cmd::run(&mut cargo([
@@ -148,8 +151,7 @@ fn run_examples(steps: &mut Steps) {
 
 /// Runs `dump` and `echo` against TUN devices in a namespace (root only).
 fn run_device_examples(steps: &mut Steps) {
-    let on_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !crate::device_examples::capable() && !on_ci {
+    if !crate::device_examples::capable() && !cmd::on_ci() {
         steps.note("device examples: SKIP (need root and /dev/net/tun)");
         return;
     }

@@ -20,6 +20,23 @@ pub(crate) fn workspace_root() -> PathBuf {
     }
 }
 
+/// Whether this process runs as root (effective uid 0): it may then create
+/// namespaces and devices, and install what CI needs.
+pub(crate) fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+/// Whether `CI=true` is set: then a missing capability (root, a device, a
+/// tool) is a failure, never a skip, as in the tests (`fdlink_tests::netns`).
+pub(crate) fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
 /// A `cargo` command run from the workspace root. Uses the same cargo that
 /// runs xtask (`$CARGO`, set by `cargo run`), so the toolchain matches.
 pub(crate) fn cargo<I, S>(args: I) -> Command

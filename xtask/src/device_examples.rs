@@ -16,13 +16,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 /// Whether this process can make namespaces and TUN devices.
 pub(crate) fn capable() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2))
-            == Some("0")
-    });
-    root && std::path::Path::new("/dev/net/tun").exists()
+    cmd::is_root() && std::path::Path::new("/dev/net/tun").exists()
 }
 
 /// Builds both examples in release mode and runs each once.

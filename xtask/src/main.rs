@@ -10,6 +10,7 @@ mod ci;
 mod cmd;
 mod device_examples;
 mod fuzz;
+mod tools;
 mod valgrind;
 
 use std::process::ExitCode;
@@ -18,8 +19,10 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  ci                 fmt, clippy, test, examples, doc, deny, package;
-                     runs every step, then exits non-zero if any failed
+  ci                 tools, fmt, clippy, test, examples, doc, deny,
+                     package; runs every step, then exits non-zero if
+                     any failed (as root, tools installs what the tests
+                     run when it is missing)
   bench [--quick]    benchmarks next to their baselines; writes
                      target/bench/report.md and report.svg
   fuzz [--cases N] [--soak] [--soak-secs S]
