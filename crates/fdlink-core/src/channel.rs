@@ -12,7 +12,7 @@ use fdlink_sys::fd::{FdKind, SocketType};
 use fdlink_sys::io::RecvInfo;
 use fdlink_sys::mmsg::{PacketParts, RecvMmsg, SendMmsg};
 use fdlink_sys::ring::{RxRing, VNET_HDR_LEN};
-use fdlink_sys::wait::{self, Interest, Readiness, StopEvent};
+use fdlink_sys::wait::{self, Interest, PollFd, Readiness, StopEvent};
 
 use crate::batch::Batch;
 use crate::endpoint::CloseReason;
@@ -39,6 +39,12 @@ pub(crate) struct Channel {
     pub(crate) tx: Mutex<TxScratch>,
     /// The mmap receive ring ([`DispatchMode::Mmap`]).
     pub(crate) ring: Option<RingRx>,
+    /// Raised when the channel closes, whoever saw it: wakes a reader
+    /// asleep on the descriptor (a closure seen by a send, say).
+    pub(crate) closed_event: StopEvent,
+    /// A send found the peer gone: later sends are refused at once, while
+    /// reads go on until they see the end of what the peer queued.
+    pub(crate) send_closed: AtomicBool,
 }
 
 /// An `AF_PACKET` channel's receive ring.
@@ -81,8 +87,8 @@ pub(crate) enum WaitResult {
 }
 
 impl Channel {
-    pub(crate) fn new(io: Io, batch_size: usize) -> Self {
-        Channel {
+    pub(crate) fn new(io: Io, batch_size: usize) -> io::Result<Self> {
+        Ok(Channel {
             io,
             tx: Mutex::new(TxScratch {
                 mmsg: SendMmsg::new(batch_size),
@@ -90,7 +96,25 @@ impl Channel {
                 picked: Vec::with_capacity(batch_size),
             }),
             ring: None,
-        }
+            closed_event: StopEvent::new()?,
+            send_closed: AtomicBool::new(false),
+        })
+    }
+
+    /// True when reads can tell that the peer closed (end of file, a
+    /// zero-length SEQPACKET message, a packet object's `UnexpectedEof`).
+    /// A `SOCK_DGRAM` socket's reads cannot: they return `EAGAIN` forever.
+    pub(crate) fn reads_see_closure(&self) -> bool {
+        !matches!(
+            self.io,
+            Io::Fd {
+                kind: FdKind::Socket {
+                    socket_type: SocketType::Datagram,
+                    ..
+                },
+                ..
+            }
+        )
     }
 
     fn is_seqpacket(&self) -> bool {
@@ -218,21 +242,32 @@ impl Channel {
         }
     }
 
-    /// Waits until input may be ready, `stop` is raised, or `timeout`
-    /// passes. A hang-up or error counts as ready: the next read reports it.
+    /// Waits until input may be ready, `stop` is raised, the channel
+    /// closes, or `timeout` passes. A hang-up or error counts as ready: the
+    /// next read reports it.
     pub(crate) fn wait_readable(
         &self,
         stop: Option<&StopEvent>,
         timeout: Option<Duration>,
     ) -> io::Result<WaitResult> {
         match &self.io {
-            Io::Fd { fd, .. } => Ok(
-                match wait::wait(fd.as_fd(), Interest::Read, stop, timeout)? {
-                    Readiness::Stopped => WaitResult::Stopped,
-                    Readiness::TimedOut => WaitResult::TimedOut,
-                    _ => WaitResult::Ready,
-                },
-            ),
+            Io::Fd { fd, .. } => {
+                let closed = self.closed_event.as_fd();
+                let mut set = [
+                    PollFd::new(fd.as_fd(), Interest::Read),
+                    PollFd::new(closed, Interest::Read),
+                    PollFd::new(stop.map_or(closed, |s| s.as_fd()), Interest::Read),
+                ];
+                let n = if stop.is_some() { 3 } else { 2 };
+                if wait::poll(&mut set[..n], timeout)? == 0 {
+                    return Ok(WaitResult::TimedOut);
+                }
+                Ok(if set[1..n].iter().any(PollFd::any) {
+                    WaitResult::Stopped
+                } else {
+                    WaitResult::Ready
+                })
+            }
             Io::Object(io) => {
                 if stop.map(|s| s.is_signalled()).transpose()?.unwrap_or(false) {
                     return Ok(WaitResult::Stopped);

@@ -210,7 +210,11 @@ impl Endpoint {
                     Io::Fd { fd, kind }
                 }
             };
-            let mut channel = Channel::new(io, o.batch_size);
+            let mut channel =
+                Channel::new(io, o.batch_size).map_err(|source| OptionsError::Descriptor {
+                    channel: index,
+                    source,
+                })?;
             if o.dispatch == DispatchMode::Mmap
                 && let Io::Fd { fd, .. } = &channel.io
             {
@@ -545,6 +549,9 @@ impl Shared {
         if !self.alive[q].swap(false, Ordering::AcqRel) {
             return;
         }
+        // Wake whoever sleeps on the channel. A failed signal can only mean
+        // the counter is saturated, which leaves it signalled anyway.
+        let _ = self.channels[q].closed_event.signal();
         if self.close_reason.set(reason.clone()).is_ok() {
             let callback = self.closed_callback.lock().expect("callback lock").take();
             if let Some(callback) = callback {

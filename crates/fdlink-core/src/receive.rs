@@ -2,6 +2,7 @@
 //! counting each frame, and waiting for input.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,9 @@ use crate::stats::DropReason;
 /// it, it keeps the frame (`Ok`) or names the inbound reason to drop it for.
 pub(crate) type Check<'a> = dyn FnMut(&mut Batch, usize) -> Result<(), DropReason> + 'a;
 
-/// Channels a wait polls from a stack array (more use a vector).
-const SMALL_POLL_SET: usize = 8;
+/// Poll entries a wait keeps in a stack array, two per channel (more use a
+/// vector).
+const SMALL_POLL_SET: usize = 16;
 
 impl Shared {
     /// Reads what channel `q` has queued into `batch`'s free slots, checks
@@ -111,7 +113,7 @@ impl Shared {
                 return Ok(false);
             }
             return match fdlink_sys::wait::poll(&mut set[..n], timeout) {
-                Ok(ready) => Ok(ready > 0),
+                Ok(ready) => self.woke(queue, ready),
                 Err(e) => {
                     let polled: Vec<usize> = self.live_channels(queue).collect();
                     self.close_all(&polled, &e)
@@ -125,6 +127,7 @@ impl Shared {
             match self.channels[q].fd() {
                 Some(fd) => {
                     fds.push(PollFd::new(fd, Interest::Read));
+                    fds.push(self.closed_event(q));
                     polled.push(q);
                 }
                 None => objects.push(q),
@@ -132,7 +135,7 @@ impl Shared {
         }
         if objects.is_empty() {
             return match fdlink_sys::wait::poll(&mut fds, timeout) {
-                Ok(ready) => Ok(ready > 0),
+                Ok(ready) => self.woke(queue, ready),
                 Err(e) => self.close_all(&polled, &e),
             };
         }
@@ -143,7 +146,7 @@ impl Shared {
             if !fds.is_empty() {
                 match fdlink_sys::wait::poll(&mut fds, Some(Duration::ZERO)) {
                     Ok(0) => {}
-                    Ok(_) => return Ok(true),
+                    Ok(ready) => return self.woke(queue, ready),
                     Err(e) => {
                         let _ = self.close_all(&polled, &e);
                         fds.clear();
@@ -164,6 +167,19 @@ impl Shared {
                 return Ok(false);
             }
         }
+    }
+
+    /// What a wait that saw `ready` descriptors returns: a channel that
+    /// closed while we slept (its closed event woke us) ends the wait with
+    /// [`Closed`] when nothing else is left open.
+    fn woke(&self, queue: Option<usize>, ready: usize) -> Result<bool, Closed> {
+        self.check_open(queue)?;
+        Ok(ready > 0)
+    }
+
+    /// The poll entry of channel `q`'s closed event.
+    fn closed_event(&self, q: usize) -> PollFd<'_> {
+        PollFd::new(self.channels[q].closed_event.as_fd(), Interest::Read)
     }
 
     /// [`Closed`] when the channels a call is about (`queue`, or all) have
@@ -198,9 +214,9 @@ impl Shared {
         ))
     }
 
-    /// The live descriptors to wait on, in a stack array, when there are
-    /// few and no packet object among them: the common case of a poll loop
-    /// waits without allocating.
+    /// The live descriptors to wait on, each with its channel's closed
+    /// event, in a stack array, when there are few and no packet object
+    /// among them: the common case of a poll loop waits without allocating.
     fn poll_set_without_allocation(
         &self,
         queue: Option<usize>,
@@ -213,7 +229,8 @@ impl Shared {
                 continue;
             }
             *set.get_mut(n)? = PollFd::new(channel.fd()?, Interest::Read);
-            n += 1;
+            *set.get_mut(n + 1)? = self.closed_event(q);
+            n += 2;
         }
         Some((set, n))
     }

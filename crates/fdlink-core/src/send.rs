@@ -133,7 +133,8 @@ impl Shared {
         let mut deadline = None;
         let zero_vnet = [0u8; 12];
         while next < scratch.picked.len() {
-            if !self.alive[q].load(Ordering::Acquire) {
+            if !self.alive[q].load(Ordering::Acquire) || channel.send_closed.load(Ordering::Acquire)
+            {
                 let rest = scratch.picked.len() - next;
                 self.stats.drop(DropReason::LinkClosed, rest as u64);
                 dropped += rest;
@@ -197,7 +198,13 @@ impl Shared {
                     }
                 }
                 Err(e) if is_peer_gone(&e) => {
-                    self.channel_closed(q, CloseReason::PeerClosed);
+                    channel.send_closed.store(true, Ordering::Release);
+                    // Where reads will see the end of what the peer queued,
+                    // they report the closure once they get there; a
+                    // datagram socket's reads never will.
+                    if !channel.reads_see_closure() {
+                        self.channel_closed(q, CloseReason::PeerClosed);
+                    }
                 }
                 Err(e) => {
                     // This packet was refused (too big, device down, a
