@@ -14,6 +14,11 @@
 //!   which is not collision-free across processes (see [`join_fanout`]).
 //! - `PACKET_IGNORE_OUTGOING` (Linux 4.20): [`set_ignore_outgoing`] returns
 //!   `ENOPROTOOPT` where it is missing; filter on the packet type instead.
+//! - `PACKET_AUXDATA` (Linux 2.6.21) for the per-packet checksum state
+//!   ([`set_auxdata`], read by [`crate::io::recv_one_meta`] and
+//!   [`crate::mmsg::RecvMmsg::with_packet_meta`]); its `TP_STATUS_CSUM_VALID`
+//!   bit needs Linux 4.1, before which verified packets read as
+//!   [`crate::io::RxChecksum::Unknown`].
 //! - `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` need `CAP_NET_ADMIN`; without it the
 //!   buffer setters fall back to `SO_RCVBUF`/`SO_SNDBUF`, which the kernel
 //!   caps at `net.core.rmem_max`/`wmem_max`.
@@ -36,9 +41,10 @@ pub const ETH_P_ALL: u16 = 0x0003;
 
 // SOL_PACKET option names and values (linux/if_packet.h); the same on every
 // architecture, defined here so that an older `libc` does not limit us.
-const SOL_PACKET: libc::c_int = 263;
+pub(crate) const SOL_PACKET: libc::c_int = 263;
 const PACKET_STATISTICS: libc::c_int = 6;
-const PACKET_AUXDATA: libc::c_int = 8;
+/// Also the type of the `tpacket_auxdata` control message it enables.
+pub(crate) const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -50,6 +56,9 @@ const PACKET_FANOUT_ROLLOVER: u32 = 3;
 const PACKET_FANOUT_RND: u32 = 4;
 const PACKET_FANOUT_QM: u32 = 5;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+
+/// `sll_pkttype` of a frame this host transmitted.
+pub(crate) const PACKET_OUTGOING: u8 = 4;
 
 /// How many consecutive fallback fanout ids [`join_fanout`] tries before it
 /// gives up.
