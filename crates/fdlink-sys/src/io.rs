@@ -85,7 +85,7 @@ pub struct RecvInfo {
     /// `PACKET_OUTGOING` in the `sockaddr_ll` address): an `AF_PACKET`
     /// socket sees the frames other sockets and the host's own stack send,
     /// unless `PACKET_IGNORE_OUTGOING` is on
-    /// ([`crate::packet::set_ignore_outgoing`]). Always `false` from receive
+    /// ([`crate::packet::ignore_outgoing`]). Always `false` from receive
     /// calls that do not read metadata.
     pub outgoing: bool,
 }

@@ -27,6 +27,10 @@
 //!   refused).
 //! - Fanout group ids: chosen by the kernel where it can
 //!   (`PACKET_FANOUT_FLAG_UNIQUEID`), derived from the process id otherwise.
+//! - Outgoing frames: [`packet::ignore_outgoing`] turns
+//!   `PACKET_IGNORE_OUTGOING` (Linux 4.20) on and returns `false` where the
+//!   kernel lacks it; the caller then drops frames marked outgoing
+//!   ([`io::RecvInfo::outgoing`], [`ring::RingFrame::is_outgoing`]).
 //! - Checksum state: with `PACKET_AUXDATA` on ([`packet::set_auxdata`]),
 //!   each packet says whether its checksum is partial or was verified
 //!   ([`io::RxChecksum`]); where the kernel says nothing (no auxdata,

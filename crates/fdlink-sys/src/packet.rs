@@ -12,8 +12,10 @@
 //!   release (`uname`) is 4.12 or later, or if it is rejected with `EINVAL`;
 //!   otherwise an id derived from the process id and a counter is used,
 //!   which is not collision-free across processes (see [`join_fanout`]).
-//! - `PACKET_IGNORE_OUTGOING` (Linux 4.20): [`set_ignore_outgoing`] returns
-//!   `ENOPROTOOPT` where it is missing; filter on the packet type instead.
+//! - `PACKET_IGNORE_OUTGOING` (Linux 4.20): [`ignore_outgoing`] turns it on
+//!   and returns `false` where it is missing (`ENOPROTOOPT`); discard frames
+//!   whose packet type is `PACKET_OUTGOING` instead
+//!   ([`crate::io::RecvInfo::outgoing`], [`crate::ring::RingFrame::is_outgoing`]).
 //! - `PACKET_AUXDATA` (Linux 2.6.21) for the per-packet checksum state
 //!   ([`set_auxdata`], read by [`crate::io::recv_one_meta`] and
 //!   [`crate::mmsg::RecvMmsg::with_packet_meta`]); its `TP_STATUS_CSUM_VALID`
@@ -331,10 +333,12 @@ pub fn is_already_in_fanout_group(err: &io::Error) -> bool {
 }
 
 /// Stops the socket from receiving the frames its interface transmits
-/// (`PACKET_IGNORE_OUTGOING`, Linux 4.20), including its own.
+/// (`PACKET_IGNORE_OUTGOING`, Linux 4.20): those other sockets and the
+/// host's own stack send there. (The kernel never loops a socket's own
+/// transmissions back to that socket, nor to its fanout group.)
 ///
 /// Errors: `ENOPROTOOPT` on kernels before 4.20; there, skip frames whose
-/// packet type is `PACKET_OUTGOING` instead.
+/// packet type is `PACKET_OUTGOING` instead. [`ignore_outgoing`] does both.
 pub fn set_ignore_outgoing(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     setsockopt_int(
         fd,
@@ -342,6 +346,26 @@ pub fn set_ignore_outgoing(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
         PACKET_IGNORE_OUTGOING,
         libc::c_int::from(on),
     )
+}
+
+/// Turns `PACKET_IGNORE_OUTGOING` on ([`set_ignore_outgoing`]) if the
+/// kernel has it: `Ok(true)` when it took the option, `Ok(false)` when it
+/// does not know it (`ENOPROTOOPT`, before Linux 4.20). After `false`, the
+/// caller discards the frames marked outgoing itself
+/// ([`crate::io::RecvInfo::outgoing`] from [`crate::io::recv_one_meta`] or
+/// [`crate::mmsg::RecvMmsg::with_packet_meta`],
+/// [`crate::ring::RingFrame::is_outgoing`]).
+///
+/// The kernel answers `ENOPROTOOPT` for a socket that is not `AF_PACKET`
+/// too, which this also reports as `false`.
+///
+/// Errors: any other error of the kernel's (`ENOTSOCK` for a non-socket).
+pub fn ignore_outgoing(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    match set_ignore_outgoing(fd, true) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Turns on `PACKET_AUXDATA`: `recvmsg` then returns a `tpacket_auxdata`
