@@ -20,13 +20,17 @@
 //!
 //! # Kernel features and fallbacks
 //!
-//! Features are probed where they are set up, never assumed:
+//! Features are probed by trying them where they are set up, never assumed
+//! and never read off the kernel version:
 //!
 //! - TUN offloads: the set the kernel accepts is returned to the caller
 //!   (UDP segmentation offload, Linux 6.2+, is dropped quietly when
 //!   refused).
-//! - Fanout group ids: chosen by the kernel where it can
-//!   (`PACKET_FANOUT_FLAG_UNIQUEID`), derived from the process id otherwise.
+//! - Fanout group ids: chosen by the kernel (`PACKET_FANOUT_FLAG_UNIQUEID`,
+//!   Linux 4.12) where two scratch sockets show it understands the flag
+//!   (older kernels ignore it rather than refuse it); derived from the
+//!   process id otherwise, or when the probe cannot run (no
+//!   `CAP_NET_RAW`).
 //! - Outgoing frames: [`packet::ignore_outgoing`] turns
 //!   `PACKET_IGNORE_OUTGOING` (Linux 4.20) on and returns `false` where the
 //!   kernel lacks it; the caller then drops frames marked outgoing

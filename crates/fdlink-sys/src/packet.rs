@@ -7,11 +7,14 @@
 //!   error (`ENOPROTOOPT`) where it is missing.
 //! - `PACKET_FANOUT` (Linux 3.1) with `PACKET_FANOUT_FLAG_UNIQUEID`
 //!   (Linux 4.12): [`join_fanout`] with no group id asks the kernel for an
-//!   unused id. Kernels before 4.12 silently *ignore* that flag (they would
-//!   join group 0), so the flag is only used when the running kernel's
-//!   release (`uname`) is 4.12 or later, or if it is rejected with `EINVAL`;
-//!   otherwise an id derived from the process id and a counter is used,
-//!   which is not collision-free across processes (see [`join_fanout`]).
+//!   unused id. Kernels before 4.12 do not reject that flag, they ignore it
+//!   and join group 0, so trying it on the caller's socket could put the
+//!   socket in a group it did not create. Whether the kernel understands it
+//!   is therefore found out once per process by trying it on two scratch
+//!   sockets (see [`join_fanout`]), never from the kernel version; where it
+//!   is missing, or rejected with `EINVAL`, or the scratch sockets cannot
+//!   be opened (no `CAP_NET_RAW`), an id derived from the process id and a
+//!   counter is used, which is not collision-free across processes.
 //! - `PACKET_IGNORE_OUTGOING` (Linux 4.20): [`ignore_outgoing`] turns it on
 //!   and returns `false` where it is missing (`ENOPROTOOPT`); discard frames
 //!   whose packet type is `PACKET_OUTGOING` instead
@@ -31,8 +34,7 @@
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
 
 use crate::cvt;
 use crate::fd::setsockopt_int;
@@ -65,6 +67,11 @@ pub(crate) const PACKET_OUTGOING: u8 = 4;
 /// How many consecutive fallback fanout ids [`join_fanout`] tries before it
 /// gives up.
 const FANOUT_FALLBACK_ATTEMPTS: u16 = 32;
+
+/// EtherType of the scratch sockets that probe `PACKET_FANOUT_FLAG_UNIQUEID`:
+/// IEEE "local experimental 2", which no standard protocol uses, so the
+/// probe's sockets see (next to) no traffic while they live.
+const FANOUT_PROBE_PROTOCOL: u16 = 0x88b6;
 
 /// `getsockopt` of a plain-integer struct `T` (every bit pattern valid).
 /// Returns the value and the length the kernel wrote.
@@ -233,41 +240,77 @@ impl FanoutMode {
     }
 }
 
-/// Whether the running kernel is at least `major.minor`, from the release
-/// string of `uname`. `false` when it cannot be parsed.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    // SAFETY: utsname is a struct of byte arrays; all-zero is valid.
-    let mut uts: libc::utsname = unsafe { mem::zeroed() };
-    // SAFETY: uname() writes into the live, exclusively borrowed struct.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return false;
-    }
-    let release: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    let release = String::from_utf8_lossy(&release);
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(ma), Some(mi)) => (ma, mi) >= (major, minor),
-        _ => false,
-    }
-}
-
-/// Whether `PACKET_FANOUT_FLAG_UNIQUEID` is understood (Linux 4.12); probed
-/// once.
-fn fanout_uniqueid_supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| kernel_at_least(4, 12))
-}
-
 fn fanout_setsockopt(fd: BorrowedFd<'_>, id: u16, type_flags: u32) -> io::Result<()> {
     let arg = u32::from(id) | (type_flags << 16);
     setsockopt_int(fd, SOL_PACKET, PACKET_FANOUT, arg as libc::c_int)
+}
+
+/// Creates a new fanout group with a kernel-chosen id
+/// (`PACKET_FANOUT_FLAG_UNIQUEID`) and returns the id the socket is in, read
+/// back with `getsockopt(PACKET_FANOUT)`.
+fn join_unique_fanout(fd: BorrowedFd<'_>, mode: FanoutMode) -> io::Result<u16> {
+    fanout_setsockopt(fd, 0, mode.bits() | PACKET_FANOUT_FLAG_UNIQUEID)?;
+    // getsockopt(PACKET_FANOUT) returns id | type << 16 | flags << 24.
+    let (value, _) = getsockopt_pod::<u32>(fd, SOL_PACKET, PACKET_FANOUT)?;
+    Ok((value & 0xffff) as u16)
+}
+
+/// A raw AF_PACKET socket for [`FANOUT_PROBE_PROTOCOL`] on every interface
+/// of the calling thread's namespace. A nonzero protocol at `socket` time
+/// makes it live at once, as a fanout member must be.
+fn probe_socket() -> io::Result<OwnedFd> {
+    let protocol = libc::c_int::from(FANOUT_PROBE_PROTOCOL.to_be());
+    // SAFETY: socket() has no memory arguments; the result is checked.
+    let raw = cvt(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    })?;
+    // SAFETY: `raw` was just returned by socket() and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Tries `PACKET_FANOUT_FLAG_UNIQUEID` on two scratch sockets, closed on
+/// return: a kernel that understands the flag puts them in two new groups
+/// with different ids; one that ignores it (before Linux 4.12) puts both in
+/// group 0, or refuses with `EINVAL` when a group 0 with other parameters
+/// exists. `Ok(answer)` when that tells, the error otherwise (`EPERM`
+/// without `CAP_NET_RAW`, out of descriptors or memory).
+fn probe_fanout_uniqueid() -> io::Result<bool> {
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    let (a, b) = (probe_socket()?, probe_socket()?);
+    let first = match join_unique_fanout(a.as_fd(), FanoutMode::Hash) {
+        Err(e) if refused(&e) => return Ok(false),
+        other => other?,
+    };
+    let second = match join_unique_fanout(b.as_fd(), FanoutMode::Hash) {
+        Err(e) if refused(&e) => return Ok(false),
+        other => other?,
+    };
+    Ok(first != second)
+}
+
+/// Whether the kernel understands `PACKET_FANOUT_FLAG_UNIQUEID`, by
+/// [`probe_fanout_uniqueid`]. The answer is remembered for the process; a
+/// probe that could not tell is not, so a later call tries again.
+fn fanout_uniqueid_supported() -> bool {
+    const UNKNOWN: u8 = 0;
+    const NO: u8 = 1;
+    const YES: u8 = 2;
+    static SUPPORTED: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match SUPPORTED.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => match probe_fanout_uniqueid() {
+            Ok(yes) => {
+                SUPPORTED.store(if yes { YES } else { NO }, Ordering::Relaxed);
+                yes
+            }
+            Err(_) => false,
+        },
+    }
 }
 
 /// Makes the socket a member of a fanout group and returns the group id.
@@ -275,12 +318,19 @@ fn fanout_setsockopt(fd: BorrowedFd<'_>, id: u16, type_flags: u32) -> io::Result
 /// With `Some(id)` the socket joins group `id`, creating it if it does not
 /// exist. With `None` a new group is created: the kernel picks an unused id
 /// (`PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.12), read back with
-/// `getsockopt(PACKET_FANOUT)`. On older kernels an id is derived from the
-/// process id and a per-process counter, trying further ids while the kernel
-/// rejects them; such an id may collide with a group of another process
-/// with the same mode, device and protocol, which the socket would then
-/// silently join. Further sockets join the returned id with `Some(id)` and
-/// the same `mode`.
+/// `getsockopt(PACKET_FANOUT)`.
+///
+/// Whether the kernel has that flag is found out by trying it, once per
+/// process, on two scratch `AF_PACKET` sockets (for a local experimental
+/// EtherType, closed right after): older kernels ignore the flag instead
+/// of rejecting it, so trying it on `fd` itself could leave `fd` in group 0,
+/// for good. Where the flag is missing, the kernel rejects it with `EINVAL`
+/// anyway, or the probe cannot run (it needs `CAP_NET_RAW`, which a process
+/// handed an open socket may lack), an id is derived from the process id and
+/// a per-process counter, trying further ids while the kernel rejects them;
+/// such an id may collide with a group of another process with the same
+/// mode, device and protocol, which the socket would then silently join.
+/// Further sockets join the returned id with `Some(id)` and the same `mode`.
 ///
 /// The socket must be bound (see [`PacketSocket::open`]); every member must
 /// use the same mode, interface and protocol. A socket joins at most one
@@ -295,15 +345,10 @@ pub fn join_fanout(fd: BorrowedFd<'_>, mode: FanoutMode, group: Option<u16>) -> 
         return Ok(id);
     }
     if fanout_uniqueid_supported() {
-        match fanout_setsockopt(fd, 0, mode.bits() | PACKET_FANOUT_FLAG_UNIQUEID) {
-            Ok(()) => {
-                // getsockopt(PACKET_FANOUT) returns
-                // id | type << 16 | flags << 24.
-                let (value, _) = getsockopt_pod::<u32>(fd, SOL_PACKET, PACKET_FANOUT)?;
-                return Ok((value & 0xffff) as u16);
-            }
-            // A kernel (or sandbox) reporting 4.12+ without the flag. Any
-            // other cause of EINVAL reappears in the fallback below.
+        match join_unique_fanout(fd, mode) {
+            Ok(id) => return Ok(id),
+            // A kernel (or sandbox filter) that refuses the flag after all.
+            // Any other cause of EINVAL reappears in the fallback below.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }
@@ -452,9 +497,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_version_parse_is_sane() {
-        assert!(kernel_at_least(2, 6));
-        assert!(!kernel_at_least(9999, 0));
+    fn fanout_uniqueid_probe_agrees_with_the_group_flags() {
+        // Needs CAP_NET_RAW for the scratch sockets; without it the probe
+        // cannot tell, which is its documented answer.
+        let supported = match probe_fanout_uniqueid() {
+            Ok(yes) => yes,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return,
+            Err(e) => panic!("probe: {e}"),
+        };
+        // A kernel that understands the flag consumes it; one that ignores
+        // it (4.0 to 4.11) keeps it in the group's flags (value >> 24).
+        let s = probe_socket().unwrap();
+        match fanout_setsockopt(s.as_fd(), 0, PACKET_FANOUT_FLAG_UNIQUEID) {
+            Ok(()) => {
+                let (value, _) =
+                    getsockopt_pod::<u32>(s.as_fd(), SOL_PACKET, PACKET_FANOUT).unwrap();
+                let kept = value >> 24 & (PACKET_FANOUT_FLAG_UNIQUEID >> 8) != 0;
+                assert!(
+                    !(supported && kept),
+                    "probe says yes, group flags {value:#x}"
+                );
+            }
+            Err(e) => assert!(!supported, "probe says yes, the flag failed: {e}"),
+        }
+        assert_eq!(fanout_uniqueid_supported(), supported, "remembered");
     }
 
     #[test]
