@@ -2,25 +2,39 @@
 //! the kernel, on a veth pair inside a throwaway network namespace. Needs
 //! root (SKIP otherwise, failure on CI).
 //!
-//! Layout of every test: namespace with veth `va` (10.30.0.1/24) and `vb`
+//! Layout of most tests: namespace with veth `va` (10.30.0.1/24) and `vb`
 //! (up, no address); a permanent neighbour entry for 10.30.0.2 points at
 //! `vb`'s MAC, so UDP sent from 10.30.0.1 to 10.30.0.2 leaves `va` without an
 //! ARP round and is received on `vb`, where the packet sockets listen. IPv6
 //! is off in the namespace, so no other frames cross the pair.
+//!
+//! The per-packet metadata tests (checksum state, outgoing frames) also use
+//! a TAP device with a virtio header, for frames whose checksum state the
+//! test chooses, and a VXLAN tunnel between two namespaces, for frames the
+//! kernel verified. No offload is changed anywhere (no `ethtool`).
 
+use std::io;
 use std::net::UdpSocket;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use fdlink_gso::checksum::pseudo_header_ipv4;
+use fdlink_gso::virtio::{self, VirtioNetHdr};
+use fdlink_sys::io::{RecvInfo, RxChecksum, recv_one_meta};
+use fdlink_sys::mmsg::RecvMmsg;
 use fdlink_sys::packet::{
-    ETH_P_ALL, FanoutMode, PacketSocket, join_fanout, packet_stats, set_ignore_outgoing,
-    set_recv_buffer, set_send_buffer, set_vnet_hdr, vnet_hdr_enabled,
+    ETH_P_ALL, FanoutMode, PacketSocket, ignore_outgoing, join_fanout, packet_stats, set_auxdata,
+    set_ignore_outgoing, set_recv_buffer, set_send_buffer, set_vnet_hdr, vnet_hdr_enabled,
 };
 use fdlink_sys::ring::{RingConfig, RxRing, VNET_HDR_LEN};
-use fdlink_tests::netns::{is_cloexec, open_fd_count, read_until, require_root, wait_readable};
-use fdlink_tests::packet::udp4;
+use fdlink_sys::tun::{TunConfig, if_hwaddr, if_index};
+use fdlink_tests::netns::{
+    Netns, is_cloexec, open_fd_count, read_until, require_root, wait_readable,
+};
+use fdlink_tests::packet::{Csum, IpSpec, parse_tcp, udp_packet, udp4};
 use fdlink_tests::procfs::{inode, page_size, socket_mappings};
 use fdlink_tests::serial::serial;
+use fdlink_tests::tun::tun_write;
 use fdlink_tests::veth::{VethPair, VethSpec};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -411,4 +425,543 @@ fn buffer_sizes_and_ignore_outgoing() {
         std::io::ErrorKind::TimedOut,
         "PACKET_IGNORE_OUTGOING hides transmitted frames"
     );
+}
+
+// Per-packet metadata: the kernel's checksum state (PACKET_AUXDATA) and the
+// outgoing packet type, through recvmmsg, recvmsg and the ring.
+
+/// The TCP port the SYN tests connect to; nothing listens there.
+const SYN_PORT: u16 = 4344;
+
+/// Which metadata receive call a test reads with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `RecvMmsg::with_packet_meta`.
+    Mmsg,
+    /// `recv_one_meta`.
+    One,
+}
+
+/// Reads frames with their metadata from one socket, `via` one call or the
+/// other, and keeps those read but not yet asked for (one batch can hold
+/// several).
+struct MetaReader<'a> {
+    fd: BorrowedFd<'a>,
+    via: Via,
+    rx: RecvMmsg,
+    bufs: Vec<Vec<u8>>,
+    infos: [RecvInfo; 8],
+    pending: Vec<(Vec<u8>, RecvInfo)>,
+}
+
+impl<'a> MetaReader<'a> {
+    fn new(fd: BorrowedFd<'a>, via: Via) -> Self {
+        let rx = RecvMmsg::with_packet_meta(8);
+        assert!(rx.packet_meta());
+        MetaReader {
+            fd,
+            via,
+            rx,
+            bufs: vec![vec![0u8; 2048]; 8],
+            infos: [RecvInfo::default(); 8],
+            pending: Vec::new(),
+        }
+    }
+
+    /// The first frame, read earlier or now, that `accept` takes, with its
+    /// [`RecvInfo`]. Gives up after `timeout` with `TimedOut`.
+    fn until(
+        &mut self,
+        timeout: Duration,
+        mut accept: impl FnMut(&[u8]) -> bool,
+    ) -> io::Result<(Vec<u8>, RecvInfo)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.pending.iter().position(|(f, _)| accept(f)) {
+                return Ok(self.pending.remove(i));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !wait_readable(self.fd, left)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{:?}: no matching frame within {timeout:?} ({} others read)",
+                        self.via,
+                        self.pending.len()
+                    ),
+                ));
+            }
+            let got = match self.via {
+                Via::Mmsg => self.rx.recv(self.fd, &mut self.bufs, &mut self.infos),
+                Via::One => recv_one_meta(self.fd, &mut self.bufs[0]).map(|info| {
+                    self.infos[0] = info;
+                    1
+                }),
+            };
+            let got = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            for (buf, info) in self.bufs.iter().zip(&self.infos).take(got) {
+                assert!(!info.truncated, "{:?}: {info:?}", self.via);
+                self.pending.push((buf[..info.len].to_vec(), *info));
+            }
+        }
+    }
+}
+
+/// Takes frames from `ring` until `accept` takes one (given its data, its
+/// checksum state and whether it is outgoing); returns those two, or `None`
+/// after `WAIT`.
+fn ring_meta_until(
+    ring: &mut RxRing,
+    fd: BorrowedFd<'_>,
+    mut accept: impl FnMut(&[u8]) -> bool,
+) -> Option<(RxChecksum, bool)> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if !ring.is_ready() {
+            wait_readable(fd, Duration::from_millis(100)).unwrap();
+        }
+        while let Some(f) = ring.next_frame() {
+            if accept(f.data()) {
+                // The two views of the status word agree.
+                let state = f.checksum();
+                assert_eq!(
+                    f.checksum_not_ready(),
+                    state == RxChecksum::Partial,
+                    "{f:?}"
+                );
+                assert_eq!(f.checksum_valid(), state == RxChecksum::Valid, "{f:?}");
+                assert_eq!(f.is_outgoing(), f.packet_type() == 4, "{f:?}");
+                return Some((state, f.is_outgoing()));
+            }
+        }
+    }
+    None
+}
+
+/// What the transport checksum field of an Ethernet/IPv4 TCP or UDP
+/// `frame` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum L4Sum {
+    /// Only the pseudo-header sum: what a partial checksum is.
+    Seed,
+    /// A checksum that verifies.
+    Full,
+    /// Neither.
+    Other,
+}
+
+fn l4_sum(frame: &[u8]) -> L4Sum {
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = &ip[ihl..total];
+    let field = match ip[9] {
+        6 => 16,
+        17 => 6,
+        p => panic!("not TCP or UDP: protocol {p}"),
+    };
+    let mut sum = pseudo_header_ipv4(
+        ip[12..16].try_into().unwrap(),
+        ip[16..20].try_into().unwrap(),
+        ip[9],
+        l4.len() as u16,
+    );
+    let seed = sum.fold();
+    sum.add_bytes(l4);
+    if u16::from_be_bytes([l4[field], l4[field + 1]]) == seed {
+        L4Sum::Seed
+    } else if sum.fold() == 0xffff {
+        L4Sum::Full
+    } else {
+        L4Sum::Other
+    }
+}
+
+/// Whether `frame` is the TCP SYN from 10.30.0.1 to 10.30.0.2:`port`.
+fn is_syn_to(frame: &[u8], port: u16) -> bool {
+    frame.len() > 14
+        && frame[12..14] == [0x08, 0x00]
+        && parse_tcp(&frame[14..]).is_some_and(|t| {
+            t.dport == port && t.dst == std::net::Ipv4Addr::new(10, 30, 0, 2) && t.flags == 0x02
+        })
+}
+
+/// Starts a TCP connection from inside the namespace to 10.30.0.2:`port`,
+/// where nothing answers: the connect is non-blocking, so it returns with
+/// the SYN on its way. Keep the socket until the SYN was read.
+fn start_connect(v: &VethPair, port: u16) -> OwnedFd {
+    use nix::errno::Errno;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
+    v.ns.run(move || {
+        let s = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("TCP socket");
+        match connect(s.as_raw_fd(), &SockaddrIn::new(10, 30, 0, 2, port)) {
+            Err(Errno::EINPROGRESS) => s,
+            other => panic!("non-blocking connect: {other:?}"),
+        }
+    })
+    .unwrap()
+}
+
+#[test]
+fn kernel_sent_syn_and_udp_arrive_with_a_partial_checksum() {
+    if !require_root("kernel_sent_syn_and_udp_arrive_with_a_partial_checksum") {
+        return;
+    }
+    let _g = serial();
+    // The veth offloads stay at their defaults: checksum offload on, so the
+    // kernel in the namespace leaves TCP and UDP checksums partial.
+    let v = veth();
+    let sockets = [Via::Mmsg, Via::One].map(|via| {
+        let s = v.socket_b();
+        set_auxdata(s.as_fd(), true).unwrap();
+        (via, s)
+    });
+    let without_auxdata = v.socket_b();
+    let ring_sock = v.socket_b();
+    let mut ring = RxRing::new(ring_sock.as_fd(), RingConfig::default()).unwrap();
+
+    let udp = v.udp_a();
+    udp.send_to(b"partial", "10.30.0.2:4343").unwrap();
+    let _syn = start_connect(&v, SYN_PORT);
+    let is_udp = |f: &[u8]| udp_payload(f, PORT) == Some(&b"partial"[..]);
+    let is_syn = |f: &[u8]| is_syn_to(f, SYN_PORT);
+
+    for (via, s) in &sockets {
+        let mut reader = MetaReader::new(s.as_fd(), *via);
+        for (what, accept) in [("UDP", &is_udp as &dyn Fn(&[u8]) -> bool), ("SYN", &is_syn)] {
+            let (frame, info) = reader
+                .until(WAIT, accept)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(
+                info.checksum,
+                RxChecksum::Partial,
+                "{via:?} {what}: {info:?}"
+            );
+            assert!(!info.outgoing, "{via:?} {what}: received on vb, not sent");
+            assert_eq!(
+                l4_sum(&frame),
+                L4Sum::Seed,
+                "{via:?} {what}: the field holds the seed"
+            );
+        }
+    }
+    // Without PACKET_AUXDATA the kernel says nothing: the same frames read
+    // as Unknown.
+    let mut reader = MetaReader::new(without_auxdata.as_fd(), Via::One);
+    for (what, accept) in [("UDP", &is_udp as &dyn Fn(&[u8]) -> bool), ("SYN", &is_syn)] {
+        let (_, info) = reader
+            .until(WAIT, accept)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(info.checksum, RxChecksum::Unknown, "{what} without auxdata");
+    }
+    // The ring carries the status without any option.
+    for (what, accept) in [("UDP", &is_udp as &dyn Fn(&[u8]) -> bool), ("SYN", &is_syn)] {
+        let got = ring_meta_until(&mut ring, ring_sock.as_fd(), |f| accept(f));
+        assert_eq!(got, Some((RxChecksum::Partial, false)), "ring {what}");
+    }
+}
+
+/// A namespace with IPv6 off (no router solicitations or MLD reports).
+fn quiet_netns(prefix: &str) -> Netns {
+    let ns = Netns::new(prefix).unwrap();
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+        .unwrap();
+    ns
+}
+
+/// A TAP device `fdlcsum0` with a virtio header in a namespace without
+/// IPv6, up; returns the namespace, the device's descriptor, its index and
+/// its MAC.
+fn tap_with_vnet_hdr() -> (Netns, OwnedFd, u32, [u8; 6]) {
+    let ns = quiet_netns("fdlcsum");
+    let dev = ns
+        .run(|| TunConfig::tap().name("fdlcsum0").vnet_hdr(true).open())
+        .unwrap()
+        .expect("open TAP");
+    ns.link_up("fdlcsum0").unwrap();
+    let (index, mac) = ns
+        .run(|| (if_index("fdlcsum0"), if_hwaddr("fdlcsum0")))
+        .unwrap();
+    let fd = dev.into_fds().remove(0);
+    (
+        ns,
+        fd,
+        index.unwrap(),
+        mac.unwrap().expect("a TAP has a MAC"),
+    )
+}
+
+#[test]
+fn tap_frames_carry_the_checksum_state_of_their_virtio_header() {
+    if !require_root("tap_frames_carry_the_checksum_state_of_their_virtio_header") {
+        return;
+    }
+    let _g = serial();
+    let (ns, tap, index, mac) = tap_with_vnet_hdr();
+    let open = || {
+        let s = ns
+            .run(move || PacketSocket::open(index, ETH_P_ALL))
+            .unwrap()
+            .unwrap();
+        set_auxdata(s.as_fd(), true).unwrap();
+        s
+    };
+    let (mmsg_sock, one_sock, ring_sock) = (open(), open(), open());
+    let mut ring = RxRing::new(ring_sock.as_fd(), RingConfig::default()).unwrap();
+
+    // UDP 10.40.0.2:5000 -> 10.40.0.1:4345 into the TAP, one frame per
+    // virtio header: no flags with a full checksum (what a forwarded packet
+    // looks like), NEEDS_CSUM with the seed. (DATA_VALID is not a case: TUN
+    // ignores it on write, so such a frame reads Unknown too.)
+    let ip = IpSpec::new([10, 40, 0, 2].into(), [10, 40, 0, 1].into());
+    let cases = [
+        (0u8, Csum::Full, RxChecksum::Unknown),
+        (virtio::flags::NEEDS_CSUM, Csum::Seed, RxChecksum::Partial),
+    ];
+    for (i, &(flags, csum, _)) in cases.iter().enumerate() {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&udp_packet(&ip, 5000, 4345, &[i as u8; 32], csum));
+        let mut hdr = VirtioNetHdr {
+            flags,
+            ..VirtioNetHdr::default()
+        };
+        if flags & virtio::flags::NEEDS_CSUM != 0 {
+            hdr.csum_start = 14 + 20;
+            hdr.csum_offset = 6;
+        }
+        tun_write(tap.as_fd(), &hdr, &frame).unwrap();
+    }
+
+    let case_of = |f: &[u8]| -> Option<usize> {
+        let u = udp4(f.get(14..)?)?;
+        (u.dport == 4345 && u.dst == [10, 40, 0, 1]).then(|| usize::from(u.rest()[0]))
+    };
+    for (via, sock) in [(Via::Mmsg, &mmsg_sock), (Via::One, &one_sock)] {
+        let mut reader = MetaReader::new(sock.as_fd(), via);
+        for (i, &(flags, _, want)) in cases.iter().enumerate() {
+            let (_, info) = reader
+                .until(WAIT, |f| case_of(f) == Some(i))
+                .unwrap_or_else(|e| panic!("case {i}: {e}"));
+            assert_eq!(
+                info.checksum, want,
+                "{via:?}, virtio flags {flags:#x}: {info:?}"
+            );
+            assert!(!info.outgoing, "{via:?}: written into the TAP is received");
+        }
+    }
+    for (i, &(flags, _, want)) in cases.iter().enumerate() {
+        let got = ring_meta_until(&mut ring, ring_sock.as_fd(), |f| case_of(f) == Some(i));
+        assert_eq!(got, Some((want, false)), "ring, virtio flags {flags:#x}");
+    }
+}
+
+#[test]
+fn transmissions_are_marked_outgoing_unless_ignored() {
+    if !require_root("transmissions_are_marked_outgoing_unless_ignored") {
+        return;
+    }
+    let _g = serial();
+    let v = veth();
+    let sender = v.socket_b();
+    let watchers = [Via::Mmsg, Via::One].map(|via| (via, v.socket_b()));
+    let ignoring = v.socket_b();
+    assert!(
+        ignore_outgoing(ignoring.as_fd()).unwrap(),
+        "PACKET_IGNORE_OUTGOING is there since Linux 4.20"
+    );
+    let ring_sock = v.socket_b();
+    let mut ring = RxRing::new(ring_sock.as_fd(), RingConfig::default()).unwrap();
+
+    // A frame sent out of vb with a marker EtherType (local experimental).
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&v.mac_a);
+    frame.extend_from_slice(&v.mac_b);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    frame.extend_from_slice(b"fdlink outgoing marker, metadata test.........");
+    let is_marker = |f: &[u8]| f.len() >= 14 && f[12..14] == [0x88, 0xb5];
+    assert_eq!(
+        nix::unistd::write(sender.as_fd(), &frame).unwrap(),
+        frame.len()
+    );
+
+    for (via, s) in &watchers {
+        let (got, info) = MetaReader::new(s.as_fd(), *via)
+            .until(WAIT, is_marker)
+            .expect("another socket on vb sees the frame");
+        assert_eq!(got, frame);
+        assert!(info.outgoing, "{via:?}: {info:?}");
+        assert_eq!(
+            info.checksum,
+            RxChecksum::Unknown,
+            "{via:?}: no IP, no offload"
+        );
+    }
+    assert_eq!(
+        ring_meta_until(&mut ring, ring_sock.as_fd(), is_marker),
+        Some((RxChecksum::Unknown, true)),
+        "the ring marks it outgoing too"
+    );
+    // The others have it, so it went past every tap already.
+    let quiet = Duration::from_millis(300);
+    let ignored = MetaReader::new(ignoring.as_fd(), Via::One).until(quiet, is_marker);
+    assert_eq!(
+        ignored.unwrap_err().kind(),
+        io::ErrorKind::TimedOut,
+        "ignored"
+    );
+    let own = MetaReader::new(sender.as_fd(), Via::One).until(quiet, is_marker);
+    assert_eq!(
+        own.unwrap_err().kind(),
+        io::ErrorKind::TimedOut,
+        "the kernel does not loop a socket's own frame back to it"
+    );
+}
+
+#[test]
+fn the_hosts_own_transmissions_are_outgoing_and_partial() {
+    if !require_root("the_hosts_own_transmissions_are_outgoing_and_partial") {
+        return;
+    }
+    let _g = serial();
+    let v = veth();
+    // A socket on va, the kernel's end: what the namespace's stack sends
+    // there is outgoing.
+    let index_a = v.ns.run(|| if_index("va")).unwrap().unwrap();
+    let open = || {
+        let s =
+            v.ns.run(move || PacketSocket::open(index_a, ETH_P_ALL))
+                .unwrap()
+                .unwrap();
+        set_auxdata(s.as_fd(), true).unwrap();
+        s
+    };
+    let sockets = [(Via::Mmsg, open()), (Via::One, open())];
+    let ignoring = open();
+    assert!(ignore_outgoing(ignoring.as_fd()).unwrap());
+
+    let udp = v.udp_a();
+    udp.send_to(b"from the host", "10.30.0.2:4343").unwrap();
+    let _syn = start_connect(&v, SYN_PORT);
+    let is_udp = |f: &[u8]| udp_payload(f, PORT) == Some(&b"from the host"[..]);
+    let is_syn = |f: &[u8]| is_syn_to(f, SYN_PORT);
+    for (via, s) in &sockets {
+        let mut reader = MetaReader::new(s.as_fd(), *via);
+        for (what, accept) in [("UDP", &is_udp as &dyn Fn(&[u8]) -> bool), ("SYN", &is_syn)] {
+            let (frame, info) = reader
+                .until(WAIT, accept)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(info.outgoing, "{via:?} {what}: {info:?}");
+            assert_eq!(
+                info.checksum,
+                RxChecksum::Partial,
+                "{via:?} {what}: {info:?}"
+            );
+            assert_eq!(l4_sum(&frame), L4Sum::Seed, "{via:?} {what}");
+        }
+    }
+    let quiet = Duration::from_millis(300);
+    let ignored =
+        MetaReader::new(ignoring.as_fd(), Via::One).until(quiet, |f| is_udp(f) || is_syn(f));
+    assert_eq!(ignored.unwrap_err().kind(), io::ErrorKind::TimedOut);
+}
+
+#[test]
+fn a_frame_verified_by_the_kernel_reads_valid() {
+    if !require_root("a_frame_verified_by_the_kernel_reads_valid") {
+        return;
+    }
+    let _g = serial();
+    // A VXLAN tunnel between two namespaces over a veth pair. The receiving
+    // VXLAN device takes decapsulated frames in through the kernel's
+    // receive offload (GRO cells), which verifies the inner UDP checksum
+    // and marks the frame CHECKSUM_UNNECESSARY before the device's packet
+    // taps see it. (TUN ignores DATA_VALID on write, and AF_PACKET drops
+    // the looped-back copy of a broadcast, so neither yields one.)
+    let (ns1, ns2) = (quiet_netns("fdlvx"), quiet_netns("fdlvx"));
+    ns1.ip(&[
+        "link",
+        "add",
+        "va",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vb",
+        "netns",
+        ns2.name(),
+    ])
+    .unwrap();
+    for (ns, dev, local, remote) in [
+        (&ns1, "va", "10.31.0.1", "10.31.0.2"),
+        (&ns2, "vb", "10.31.0.2", "10.31.0.1"),
+    ] {
+        ns.addr(dev, &format!("{local}/24")).unwrap();
+        ns.link_up(dev).unwrap();
+        ns.ip(&[
+            "link", "add", "fdlvx0", "type", "vxlan", "id", "42", "local", local, "remote", remote,
+            "dstport", "4789", "dev", dev,
+        ])
+        .unwrap();
+        ns.link_up("fdlvx0").unwrap();
+    }
+    let vxlan = |ns: &Netns| {
+        let (index, mac) = ns
+            .run(|| (if_index("fdlvx0"), if_hwaddr("fdlvx0")))
+            .unwrap();
+        (index.unwrap(), mac.unwrap().expect("VXLAN has a MAC"))
+    };
+    let ((index1, _), (index2, mac2)) = (vxlan(&ns1), vxlan(&ns2));
+    let sender = ns1
+        .run(move || PacketSocket::open(index1, ETH_P_ALL))
+        .unwrap()
+        .unwrap();
+    let open = || {
+        let s = ns2
+            .run(move || PacketSocket::open(index2, ETH_P_ALL))
+            .unwrap()
+            .unwrap();
+        set_auxdata(s.as_fd(), true).unwrap();
+        s
+    };
+    let sockets = [(Via::Mmsg, open()), (Via::One, open())];
+    let ring_sock = open();
+    let mut ring = RxRing::new(ring_sock.as_fd(), RingConfig::default()).unwrap();
+
+    // UDP 10.60.0.2:5000 -> 10.60.0.1:4346 with a full checksum, into the
+    // tunnel.
+    let ip = IpSpec::new([10, 60, 0, 2].into(), [10, 60, 0, 1].into());
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&mac2);
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&udp_packet(&ip, 5000, 4346, b"verified", Csum::Full));
+    assert_eq!(
+        nix::unistd::write(sender.as_fd(), &frame).unwrap(),
+        frame.len()
+    );
+
+    let ours = |f: &[u8]| f == frame;
+    for (via, s) in &sockets {
+        let (_, info) = MetaReader::new(s.as_fd(), *via)
+            .until(WAIT, ours)
+            .expect("the frame out of the tunnel");
+        assert!(!info.outgoing, "{via:?}: {info:?}");
+        assert_eq!(info.checksum, RxChecksum::Valid, "{via:?}: {info:?}");
+    }
+    let got = ring_meta_until(&mut ring, ring_sock.as_fd(), ours);
+    assert_eq!(got, Some((RxChecksum::Valid, false)), "ring");
 }

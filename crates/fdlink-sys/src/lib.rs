@@ -7,8 +7,11 @@
 //!   mode.
 //! - [`io`]: one-packet I/O (`read`/`readv`/`write`/`writev`,
 //!   `recvmsg`/`sendmsg`), `EINTR` retried, `EAGAIN` as
-//!   [`std::io::ErrorKind::WouldBlock`], truncation reported.
-//! - [`mmsg`]: `recvmmsg`/`sendmmsg` over preallocated, reused arrays.
+//!   [`std::io::ErrorKind::WouldBlock`], truncation reported; per-packet
+//!   metadata of `AF_PACKET` sockets ([`io::RxChecksum`], outgoing frames)
+//!   with [`io::recv_one_meta`].
+//! - [`mmsg`]: `recvmmsg`/`sendmmsg` over preallocated, reused arrays, with
+//!   the same metadata from [`mmsg::RecvMmsg::with_packet_meta`].
 //! - [`wait`]: readiness of a data descriptor *or* a stop `eventfd`, with
 //!   `ppoll` (never `select`).
 //! - [`tun`]: TUN/TAP devices, multi-queue, virtio-net headers and offloads.
@@ -17,12 +20,27 @@
 //!
 //! # Kernel features and fallbacks
 //!
-//! Features are probed where they are set up, never assumed: the TUN offload
-//! set the kernel accepts is returned to the caller (UDP segmentation
-//! offload, Linux 6.2+, is dropped quietly when refused); a fanout group id
-//! is chosen by the kernel where it can (`PACKET_FANOUT_FLAG_UNIQUEID`) and
-//! derived from the process id otherwise; ring sizes follow the running
-//! kernel's page size.
+//! Features are probed by trying them where they are set up, never assumed
+//! and never read off the kernel version:
+//!
+//! - TUN offloads: the set the kernel accepts is returned to the caller
+//!   (UDP segmentation offload, Linux 6.2+, is dropped quietly when
+//!   refused).
+//! - Fanout group ids: chosen by the kernel (`PACKET_FANOUT_FLAG_UNIQUEID`,
+//!   Linux 4.12) where two scratch sockets show it understands the flag
+//!   (older kernels ignore it rather than refuse it); derived from the
+//!   process id otherwise, or when the probe cannot run (no
+//!   `CAP_NET_RAW`).
+//! - Outgoing frames: [`packet::ignore_outgoing`] turns
+//!   `PACKET_IGNORE_OUTGOING` (Linux 4.20) on and returns `false` where the
+//!   kernel lacks it; the caller then drops frames marked outgoing
+//!   ([`io::RecvInfo::outgoing`], [`ring::RingFrame::is_outgoing`]).
+//! - Checksum state: with `PACKET_AUXDATA` on ([`packet::set_auxdata`]),
+//!   each packet says whether its checksum is partial or was verified
+//!   ([`io::RxChecksum`]); where the kernel says nothing (no auxdata,
+//!   `TP_STATUS_CSUM_VALID` before Linux 4.1, other sockets) it reads
+//!   `Unknown`, meaning "verify it yourself".
+//! - Ring sizes follow the running kernel's page size.
 //!
 //! # Example
 //!

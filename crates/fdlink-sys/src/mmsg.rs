@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use crate::io::{RecvInfo, retry_eintr};
+use crate::io::{MetaBufs, RecvInfo, retry_eintr};
 
 /// The most packets one batched call moves, unless the caller asks for fewer.
 pub const DEFAULT_BATCH: usize = 64;
@@ -16,22 +16,27 @@ pub type PacketParts<'a> = [&'a [u8]; 3];
 /// Reusable state for `recvmmsg(2)`.
 ///
 /// The header and iovec arrays are allocated once; each call points them at
-/// the caller's buffers, which are only borrowed for that call.
+/// the caller's buffers, which are only borrowed for that call. Made with
+/// [`RecvMmsg::with_packet_meta`], it also owns one address buffer and one
+/// control-message buffer per datagram, to report each packet's metadata.
 pub struct RecvMmsg {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
+    /// Empty, or one entry per header: see [`RecvMmsg::with_packet_meta`].
+    meta: Vec<MetaBufs>,
 }
 
 // SAFETY: the raw pointers inside the headers are only written and read during
-// a `recv` call, which borrows the target buffers for its whole duration; they
-// are never dereferenced between calls, so moving the arrays to another thread
-// cannot create a dangling access.
+// a `recv` call, which borrows the target buffers (and owns the metadata
+// buffers) for its whole duration; they are never dereferenced between calls,
+// so moving the arrays to another thread cannot create a dangling access.
 unsafe impl Send for RecvMmsg {}
 
 impl std::fmt::Debug for RecvMmsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvMmsg")
             .field("capacity", &self.hdrs.len())
+            .field("packet_meta", &!self.meta.is_empty())
             .finish()
     }
 }
@@ -46,7 +51,28 @@ impl RecvMmsg {
             hdrs: vec![unsafe { std::mem::zeroed() }; capacity],
             // SAFETY: as above.
             iovs: vec![unsafe { std::mem::zeroed() }; capacity],
+            meta: Vec::new(),
         }
+    }
+
+    /// Like [`RecvMmsg::new`], and each call also reads every datagram's
+    /// metadata into [`RecvInfo::checksum`] and [`RecvInfo::outgoing`], as
+    /// [`crate::io::recv_one_meta`] does (see [`crate::io`]): the packet
+    /// type of the sender's `sockaddr_ll` and the `tpacket_auxdata` control
+    /// message of an `AF_PACKET` socket with `PACKET_AUXDATA` on.
+    ///
+    /// Preallocates an address buffer and a 256-byte control buffer per
+    /// datagram, reused by every call.
+    pub fn with_packet_meta(capacity: usize) -> Self {
+        let mut rx = RecvMmsg::new(capacity);
+        rx.meta = vec![MetaBufs::new(); rx.hdrs.len()];
+        rx
+    }
+
+    /// Whether calls read each datagram's metadata
+    /// ([`RecvMmsg::with_packet_meta`]).
+    pub fn packet_meta(&self) -> bool {
+        !self.meta.is_empty()
     }
 
     /// How many datagrams one call can receive.
@@ -59,7 +85,9 @@ impl RecvMmsg {
     ///
     /// `infos[i]` tells datagram `i`'s full length and whether it was
     /// truncated (`MSG_TRUNC`), so a packet larger than its buffer is never
-    /// mistaken for a whole one. Returns `WouldBlock` when nothing is queued.
+    /// mistaken for a whole one; with [`RecvMmsg::with_packet_meta`] also its
+    /// checksum state and whether it is outgoing, otherwise the defaults.
+    /// Returns `WouldBlock` when nothing is queued.
     /// A zero-length datagram is returned as such: on a `SOCK_SEQPACKET`
     /// socket it means the peer has closed.
     pub fn recv<B: AsMut<[u8]>>(
@@ -88,10 +116,18 @@ impl RecvMmsg {
             hdr.msg_hdr.msg_iovlen = 1;
             hdr.msg_len = 0;
         }
+        // With metadata, each header also points at its own address and
+        // control buffers, at full size (the kernel shrank the lengths last
+        // time). `meta` is not resized while the pointers are in use.
+        for (hdr, meta) in self.hdrs[..n].iter_mut().zip(&mut self.meta) {
+            meta.attach(&mut hdr.msg_hdr);
+        }
         let got = retry_eintr(|| {
             // SAFETY: hdrs[..n] each point at one iovec describing a live,
-            // exclusively borrowed buffer; the kernel writes at most
-            // iov_len bytes into each and fills msg_len/msg_flags.
+            // exclusively borrowed buffer and, with metadata, at the name
+            // and control buffers `self.meta` owns, with their sizes; the
+            // kernel writes at most those sizes into each and fills
+            // msg_len/msg_flags/msg_namelen/msg_controllen.
             let rc = unsafe {
                 libc::recvmmsg(
                     fd.as_raw_fd(),
@@ -103,12 +139,22 @@ impl RecvMmsg {
             };
             crate::cvt(rc).map(|rc| rc as usize)
         })?;
-        for ((info, hdr), iov) in infos.iter_mut().zip(&self.hdrs).zip(&self.iovs).take(got) {
+        for (i, ((info, hdr), iov)) in infos
+            .iter_mut()
+            .zip(&self.hdrs)
+            .zip(&self.iovs)
+            .take(got)
+            .enumerate()
+        {
             let len = hdr.msg_len as usize;
             *info = RecvInfo::new(
                 len,
                 hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > iov.iov_len,
             );
+            if let Some(meta) = self.meta.get(i) {
+                let (checksum, outgoing) = meta.parse(&hdr.msg_hdr);
+                *info = info.with_checksum(checksum).with_outgoing(outgoing);
+            }
         }
         Ok(got)
     }
@@ -246,6 +292,34 @@ mod tests {
         let got = rx.recv(a.as_fd(), &mut bufs, &mut infos).unwrap();
         assert!(got >= 1);
         assert_eq!(infos[0].len, 0);
+    }
+
+    #[test]
+    fn packet_meta_on_another_socket_reads_as_none_call_after_call() {
+        // SO_PASSCRED: every datagram comes with an SCM_CREDENTIALS control
+        // message, which the metadata parse skips; no sockaddr_ll, so
+        // nothing is outgoing.
+        let (a, b) = socketpair(SocketType::Datagram).unwrap();
+        crate::fd::setsockopt_int(a.as_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1).unwrap();
+        assert!(!RecvMmsg::new(4).packet_meta());
+        let mut rx = RecvMmsg::with_packet_meta(4);
+        assert!(rx.packet_meta());
+        assert_eq!(rx.capacity(), 4);
+        assert!(format!("{rx:?}").contains("packet_meta: true"));
+        let mut tx = SendMmsg::new(4);
+        let mut bufs = vec![vec![0u8; 16]; 4];
+        for round in 0..3u8 {
+            let big = [round; 40];
+            let pkts = [[&big[..16], &[][..], &[][..]], [&big[..], &[][..], &[][..]]];
+            assert_eq!(tx.send(b.as_fd(), pkts).unwrap(), 2);
+            let mut infos = [RecvInfo::new(99, true)
+                .with_checksum(crate::io::RxChecksum::Valid)
+                .with_outgoing(true); 4];
+            assert_eq!(rx.recv(a.as_fd(), &mut bufs, &mut infos).unwrap(), 2);
+            assert_eq!(infos[0], RecvInfo::new(16, false), "round {round}");
+            assert_eq!(infos[1], RecvInfo::new(40, true), "round {round}");
+            assert_eq!(bufs[1], [round; 16]);
+        }
     }
 
     #[test]

@@ -7,13 +7,23 @@
 //!   error (`ENOPROTOOPT`) where it is missing.
 //! - `PACKET_FANOUT` (Linux 3.1) with `PACKET_FANOUT_FLAG_UNIQUEID`
 //!   (Linux 4.12): [`join_fanout`] with no group id asks the kernel for an
-//!   unused id. Kernels before 4.12 silently *ignore* that flag (they would
-//!   join group 0), so the flag is only used when the running kernel's
-//!   release (`uname`) is 4.12 or later, or if it is rejected with `EINVAL`;
-//!   otherwise an id derived from the process id and a counter is used,
-//!   which is not collision-free across processes (see [`join_fanout`]).
-//! - `PACKET_IGNORE_OUTGOING` (Linux 4.20): [`set_ignore_outgoing`] returns
-//!   `ENOPROTOOPT` where it is missing; filter on the packet type instead.
+//!   unused id. Kernels before 4.12 do not reject that flag, they ignore it
+//!   and join group 0, so trying it on the caller's socket could put the
+//!   socket in a group it did not create. Whether the kernel understands it
+//!   is therefore found out once per process by trying it on two scratch
+//!   sockets (see [`join_fanout`]), never from the kernel version; where it
+//!   is missing, or rejected with `EINVAL`, or the scratch sockets cannot
+//!   be opened (no `CAP_NET_RAW`), an id derived from the process id and a
+//!   counter is used, which is not collision-free across processes.
+//! - `PACKET_IGNORE_OUTGOING` (Linux 4.20): [`ignore_outgoing`] turns it on
+//!   and returns `false` where it is missing (`ENOPROTOOPT`); discard frames
+//!   whose packet type is `PACKET_OUTGOING` instead
+//!   ([`crate::io::RecvInfo::outgoing`], [`crate::ring::RingFrame::is_outgoing`]).
+//! - `PACKET_AUXDATA` (Linux 2.6.21) for the per-packet checksum state
+//!   ([`set_auxdata`], read by [`crate::io::recv_one_meta`] and
+//!   [`crate::mmsg::RecvMmsg::with_packet_meta`]); its `TP_STATUS_CSUM_VALID`
+//!   bit needs Linux 4.1, before which verified packets read as
+//!   [`crate::io::RxChecksum::Unknown`].
 //! - `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` need `CAP_NET_ADMIN`; without it the
 //!   buffer setters fall back to `SO_RCVBUF`/`SO_SNDBUF`, which the kernel
 //!   caps at `net.core.rmem_max`/`wmem_max`.
@@ -24,8 +34,7 @@
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
 
 use crate::cvt;
 use crate::fd::setsockopt_int;
@@ -36,9 +45,10 @@ pub const ETH_P_ALL: u16 = 0x0003;
 
 // SOL_PACKET option names and values (linux/if_packet.h); the same on every
 // architecture, defined here so that an older `libc` does not limit us.
-const SOL_PACKET: libc::c_int = 263;
+pub(crate) const SOL_PACKET: libc::c_int = 263;
 const PACKET_STATISTICS: libc::c_int = 6;
-const PACKET_AUXDATA: libc::c_int = 8;
+/// Also the type of the `tpacket_auxdata` control message it enables.
+pub(crate) const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -51,9 +61,17 @@ const PACKET_FANOUT_RND: u32 = 4;
 const PACKET_FANOUT_QM: u32 = 5;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 
+/// `sll_pkttype` of a frame this host transmitted.
+pub(crate) const PACKET_OUTGOING: u8 = 4;
+
 /// How many consecutive fallback fanout ids [`join_fanout`] tries before it
 /// gives up.
 const FANOUT_FALLBACK_ATTEMPTS: u16 = 32;
+
+/// EtherType of the scratch sockets that probe `PACKET_FANOUT_FLAG_UNIQUEID`:
+/// IEEE "local experimental 2", which no standard protocol uses, so the
+/// probe's sockets see (next to) no traffic while they live.
+const FANOUT_PROBE_PROTOCOL: u16 = 0x88b6;
 
 /// `getsockopt` of a plain-integer struct `T` (every bit pattern valid).
 /// Returns the value and the length the kernel wrote.
@@ -222,41 +240,77 @@ impl FanoutMode {
     }
 }
 
-/// Whether the running kernel is at least `major.minor`, from the release
-/// string of `uname`. `false` when it cannot be parsed.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    // SAFETY: utsname is a struct of byte arrays; all-zero is valid.
-    let mut uts: libc::utsname = unsafe { mem::zeroed() };
-    // SAFETY: uname() writes into the live, exclusively borrowed struct.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return false;
-    }
-    let release: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    let release = String::from_utf8_lossy(&release);
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(ma), Some(mi)) => (ma, mi) >= (major, minor),
-        _ => false,
-    }
-}
-
-/// Whether `PACKET_FANOUT_FLAG_UNIQUEID` is understood (Linux 4.12); probed
-/// once.
-fn fanout_uniqueid_supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| kernel_at_least(4, 12))
-}
-
 fn fanout_setsockopt(fd: BorrowedFd<'_>, id: u16, type_flags: u32) -> io::Result<()> {
     let arg = u32::from(id) | (type_flags << 16);
     setsockopt_int(fd, SOL_PACKET, PACKET_FANOUT, arg as libc::c_int)
+}
+
+/// Creates a new fanout group with a kernel-chosen id
+/// (`PACKET_FANOUT_FLAG_UNIQUEID`) and returns the id the socket is in, read
+/// back with `getsockopt(PACKET_FANOUT)`.
+fn join_unique_fanout(fd: BorrowedFd<'_>, mode: FanoutMode) -> io::Result<u16> {
+    fanout_setsockopt(fd, 0, mode.bits() | PACKET_FANOUT_FLAG_UNIQUEID)?;
+    // getsockopt(PACKET_FANOUT) returns id | type << 16 | flags << 24.
+    let (value, _) = getsockopt_pod::<u32>(fd, SOL_PACKET, PACKET_FANOUT)?;
+    Ok((value & 0xffff) as u16)
+}
+
+/// A raw AF_PACKET socket for [`FANOUT_PROBE_PROTOCOL`] on every interface
+/// of the calling thread's namespace. A nonzero protocol at `socket` time
+/// makes it live at once, as a fanout member must be.
+fn probe_socket() -> io::Result<OwnedFd> {
+    let protocol = libc::c_int::from(FANOUT_PROBE_PROTOCOL.to_be());
+    // SAFETY: socket() has no memory arguments; the result is checked.
+    let raw = cvt(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    })?;
+    // SAFETY: `raw` was just returned by socket() and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Tries `PACKET_FANOUT_FLAG_UNIQUEID` on two scratch sockets, closed on
+/// return: a kernel that understands the flag puts them in two new groups
+/// with different ids; one that ignores it (before Linux 4.12) puts both in
+/// group 0, or refuses with `EINVAL` when a group 0 with other parameters
+/// exists. `Ok(answer)` when that tells, the error otherwise (`EPERM`
+/// without `CAP_NET_RAW`, out of descriptors or memory).
+fn probe_fanout_uniqueid() -> io::Result<bool> {
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    let (a, b) = (probe_socket()?, probe_socket()?);
+    let first = match join_unique_fanout(a.as_fd(), FanoutMode::Hash) {
+        Err(e) if refused(&e) => return Ok(false),
+        other => other?,
+    };
+    let second = match join_unique_fanout(b.as_fd(), FanoutMode::Hash) {
+        Err(e) if refused(&e) => return Ok(false),
+        other => other?,
+    };
+    Ok(first != second)
+}
+
+/// Whether the kernel understands `PACKET_FANOUT_FLAG_UNIQUEID`, by
+/// [`probe_fanout_uniqueid`]. The answer is remembered for the process; a
+/// probe that could not tell is not, so a later call tries again.
+fn fanout_uniqueid_supported() -> bool {
+    const UNKNOWN: u8 = 0;
+    const NO: u8 = 1;
+    const YES: u8 = 2;
+    static SUPPORTED: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match SUPPORTED.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => match probe_fanout_uniqueid() {
+            Ok(yes) => {
+                SUPPORTED.store(if yes { YES } else { NO }, Ordering::Relaxed);
+                yes
+            }
+            Err(_) => false,
+        },
+    }
 }
 
 /// Makes the socket a member of a fanout group and returns the group id.
@@ -264,12 +318,19 @@ fn fanout_setsockopt(fd: BorrowedFd<'_>, id: u16, type_flags: u32) -> io::Result
 /// With `Some(id)` the socket joins group `id`, creating it if it does not
 /// exist. With `None` a new group is created: the kernel picks an unused id
 /// (`PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.12), read back with
-/// `getsockopt(PACKET_FANOUT)`. On older kernels an id is derived from the
-/// process id and a per-process counter, trying further ids while the kernel
-/// rejects them; such an id may collide with a group of another process
-/// with the same mode, device and protocol, which the socket would then
-/// silently join. Further sockets join the returned id with `Some(id)` and
-/// the same `mode`.
+/// `getsockopt(PACKET_FANOUT)`.
+///
+/// Whether the kernel has that flag is found out by trying it, once per
+/// process, on two scratch `AF_PACKET` sockets (for a local experimental
+/// EtherType, closed right after): older kernels ignore the flag instead
+/// of rejecting it, so trying it on `fd` itself could leave `fd` in group 0,
+/// for good. Where the flag is missing, the kernel rejects it with `EINVAL`
+/// anyway, or the probe cannot run (it needs `CAP_NET_RAW`, which a process
+/// handed an open socket may lack), an id is derived from the process id and
+/// a per-process counter, trying further ids while the kernel rejects them;
+/// such an id may collide with a group of another process with the same
+/// mode, device and protocol, which the socket would then silently join.
+/// Further sockets join the returned id with `Some(id)` and the same `mode`.
 ///
 /// The socket must be bound (see [`PacketSocket::open`]); every member must
 /// use the same mode, interface and protocol. A socket joins at most one
@@ -284,15 +345,10 @@ pub fn join_fanout(fd: BorrowedFd<'_>, mode: FanoutMode, group: Option<u16>) -> 
         return Ok(id);
     }
     if fanout_uniqueid_supported() {
-        match fanout_setsockopt(fd, 0, mode.bits() | PACKET_FANOUT_FLAG_UNIQUEID) {
-            Ok(()) => {
-                // getsockopt(PACKET_FANOUT) returns
-                // id | type << 16 | flags << 24.
-                let (value, _) = getsockopt_pod::<u32>(fd, SOL_PACKET, PACKET_FANOUT)?;
-                return Ok((value & 0xffff) as u16);
-            }
-            // A kernel (or sandbox) reporting 4.12+ without the flag. Any
-            // other cause of EINVAL reappears in the fallback below.
+        match join_unique_fanout(fd, mode) {
+            Ok(id) => return Ok(id),
+            // A kernel (or sandbox filter) that refuses the flag after all.
+            // Any other cause of EINVAL reappears in the fallback below.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }
@@ -322,10 +378,12 @@ pub fn is_already_in_fanout_group(err: &io::Error) -> bool {
 }
 
 /// Stops the socket from receiving the frames its interface transmits
-/// (`PACKET_IGNORE_OUTGOING`, Linux 4.20), including its own.
+/// (`PACKET_IGNORE_OUTGOING`, Linux 4.20): those other sockets and the
+/// host's own stack send there. (The kernel never loops a socket's own
+/// transmissions back to that socket, nor to its fanout group.)
 ///
 /// Errors: `ENOPROTOOPT` on kernels before 4.20; there, skip frames whose
-/// packet type is `PACKET_OUTGOING` instead.
+/// packet type is `PACKET_OUTGOING` instead. [`ignore_outgoing`] does both.
 pub fn set_ignore_outgoing(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     setsockopt_int(
         fd,
@@ -333,6 +391,26 @@ pub fn set_ignore_outgoing(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
         PACKET_IGNORE_OUTGOING,
         libc::c_int::from(on),
     )
+}
+
+/// Turns `PACKET_IGNORE_OUTGOING` on ([`set_ignore_outgoing`]) if the
+/// kernel has it: `Ok(true)` when it took the option, `Ok(false)` when it
+/// does not know it (`ENOPROTOOPT`, before Linux 4.20). After `false`, the
+/// caller discards the frames marked outgoing itself
+/// ([`crate::io::RecvInfo::outgoing`] from [`crate::io::recv_one_meta`] or
+/// [`crate::mmsg::RecvMmsg::with_packet_meta`],
+/// [`crate::ring::RingFrame::is_outgoing`]).
+///
+/// The kernel answers `ENOPROTOOPT` for a socket that is not `AF_PACKET`
+/// too, which this also reports as `false`.
+///
+/// Errors: any other error of the kernel's (`ENOTSOCK` for a non-socket).
+pub fn ignore_outgoing(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    match set_ignore_outgoing(fd, true) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Turns on `PACKET_AUXDATA`: `recvmsg` then returns a `tpacket_auxdata`
@@ -419,9 +497,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_version_parse_is_sane() {
-        assert!(kernel_at_least(2, 6));
-        assert!(!kernel_at_least(9999, 0));
+    fn fanout_uniqueid_probe_agrees_with_the_group_flags() {
+        // Needs CAP_NET_RAW for the scratch sockets; without it the probe
+        // cannot tell, which is its documented answer.
+        let supported = match probe_fanout_uniqueid() {
+            Ok(yes) => yes,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => return,
+            Err(e) => panic!("probe: {e}"),
+        };
+        // A kernel that understands the flag consumes it; one that ignores
+        // it (4.0 to 4.11) keeps it in the group's flags (value >> 24).
+        let s = probe_socket().unwrap();
+        match fanout_setsockopt(s.as_fd(), 0, PACKET_FANOUT_FLAG_UNIQUEID) {
+            Ok(()) => {
+                let (value, _) =
+                    getsockopt_pod::<u32>(s.as_fd(), SOL_PACKET, PACKET_FANOUT).unwrap();
+                let kept = value >> 24 & (PACKET_FANOUT_FLAG_UNIQUEID >> 8) != 0;
+                assert!(
+                    !(supported && kept),
+                    "probe says yes, group flags {value:#x}"
+                );
+            }
+            Err(e) => assert!(!supported, "probe says yes, the flag failed: {e}"),
+        }
+        assert_eq!(fanout_uniqueid_supported(), supported, "remembered");
     }
 
     #[test]

@@ -41,6 +41,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::cvt;
+use crate::io::RxChecksum;
+use crate::packet::PACKET_OUTGOING;
 
 // SOL_PACKET options and ring constants (linux/if_packet.h); the same on
 // every architecture.
@@ -52,9 +54,9 @@ const TPACKET_V2: libc::c_int = 1;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1 << 0;
 const TP_STATUS_LOSING: u32 = 1 << 2;
-const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
+pub(crate) const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-const TP_STATUS_CSUM_VALID: u32 = 1 << 7;
+pub(crate) const TP_STATUS_CSUM_VALID: u32 = 1 << 7;
 
 /// Slot alignment (`TPACKET_ALIGNMENT`).
 const TPACKET_ALIGNMENT: usize = 16;
@@ -582,6 +584,16 @@ impl RingFrame<'_> {
         self.status & TP_STATUS_CSUM_VALID != 0
     }
 
+    /// The transport checksum's state from the slot status, as
+    /// [`crate::io::RecvInfo::checksum`] reports it for `recvmsg`:
+    /// [`RxChecksum::Partial`] for [`RingFrame::checksum_not_ready`],
+    /// [`RxChecksum::Valid`] for [`RingFrame::checksum_valid`],
+    /// [`RxChecksum::Unknown`] otherwise. No socket option is needed: the
+    /// ring always carries the status.
+    pub fn checksum(&self) -> RxChecksum {
+        RxChecksum::from_tp_status(self.status)
+    }
+
     /// The socket dropped frames since its statistics were last read
     /// (`TP_STATUS_LOSING`); see [`crate::packet::packet_stats`].
     pub fn losing(&self) -> bool {
@@ -592,6 +604,13 @@ impl RingFrame<'_> {
     /// broadcast, 2 multicast, 3 to another host, 4 outgoing.
     pub fn packet_type(&self) -> u8 {
         self.sll.sll_pkttype
+    }
+
+    /// The frame is one this host transmitted on the interface (packet type
+    /// `PACKET_OUTGOING`), as [`crate::io::RecvInfo::outgoing`] reports it
+    /// for `recvmsg`.
+    pub fn is_outgoing(&self) -> bool {
+        self.sll.sll_pkttype == PACKET_OUTGOING
     }
 
     /// EtherType from `sockaddr_ll.sll_protocol`, in host byte order.
@@ -618,6 +637,7 @@ impl std::fmt::Debug for RingFrame<'_> {
             .field("vnet_hdr", &self.vnet_hdr())
             .field("status", &format_args!("{:#x}", self.status))
             .field("packet_type", &self.packet_type())
+            .field("checksum", &self.checksum())
             .finish()
     }
 }
