@@ -30,7 +30,7 @@ fn thousand_attach_detach_cycles_leave_descriptors_unchanged() {
     drop(peer);
     assert_eq!(
         open_fds(),
-        before - 2,
-        "dropping the endpoint closes its descriptor"
+        before - 3,
+        "dropping the endpoint closes its descriptor and its closed event"
     );
 }

@@ -137,6 +137,78 @@ fn every_mode_receives_every_frame_the_kernel_sends() {
     }
 }
 
+/// Pulls for `how_long`, counting what arrives.
+fn pull_for(e: &Endpoint, how_long: Duration) -> usize {
+    let mut batch = e.new_batch();
+    let deadline = Instant::now() + how_long;
+    let mut got = 0;
+    while Instant::now() < deadline {
+        e.wait_readable(Some(Duration::from_millis(20))).unwrap();
+        got += e.recv_batch(&mut batch).unwrap();
+    }
+    got
+}
+
+/// A socket on the interface the host itself sends from (`pa`) never reads
+/// those frames back: the endpoint turns `PACKET_IGNORE_OUTGOING` on, and
+/// where a kernel lacks it (here: turned off again behind its back) the
+/// frames marked outgoing are dropped, counted, never delivered.
+#[test]
+fn frames_the_host_sends_are_not_read_back() {
+    if !require_root("frames_the_host_sends_are_not_read_back") {
+        return;
+    }
+    let _g = serial();
+    for mode in MODES {
+        let v = veth();
+        let index_a =
+            v.ns.run(|| fdlink_sys::tun::if_index("pa"))
+                .unwrap()
+                .unwrap();
+        let socket =
+            v.ns.run(move || {
+                fdlink_sys::packet::PacketSocket::open(index_a, fdlink_sys::packet::ETH_P_ALL)
+            })
+            .unwrap()
+            .unwrap()
+            .into_fd();
+        let behind_its_back = socket.try_clone().unwrap();
+        let e = Endpoint::new(
+            Options::new()
+                .fd(socket)
+                .ethernet(true)
+                .link_address(MacAddr(v.mac_a))
+                .dispatch(mode),
+        )
+        .unwrap();
+        let udp = v.udp_a(0);
+        const N: usize = 20;
+        for i in 0..N {
+            udp.send_to(&[i as u8; 40], ("10.31.0.2", PORT)).unwrap();
+        }
+        assert_eq!(pull_for(&e, Duration::from_millis(300)), 0, "{mode}");
+        let s = e.stats();
+        assert_eq!(
+            s.frames_read, 0,
+            "{mode}: no read spent on the host's frames: {s}"
+        );
+
+        fdlink_sys::packet::set_ignore_outgoing(behind_its_back.as_fd(), false).unwrap();
+        for i in 0..N {
+            udp.send_to(&[i as u8; 40], ("10.31.0.2", PORT)).unwrap();
+        }
+        let deadline = Instant::now() + WAIT;
+        while e.stats().frames_read < N as u64 && Instant::now() < deadline {
+            pull_for(&e, Duration::from_millis(50));
+        }
+        assert_eq!(pull_for(&e, Duration::from_millis(200)), 0, "{mode}");
+        let s = e.stats();
+        assert_eq!(s.frames_read, N as u64, "{mode}: {s}");
+        assert_eq!(s.drops.get(DropReason::Outgoing), N as u64, "{mode}: {s}");
+        assert_eq!(s.rx_packets, 0, "{mode}: {s}");
+    }
+}
+
 #[test]
 fn every_mode_writes_frames_the_peer_kernel_receives() {
     if !require_root("every_mode_writes_frames_the_peer_kernel_receives") {
@@ -183,8 +255,15 @@ fn mmap_ring_is_pollable_pushes_and_counts_truncation() {
     }
     let _g = serial();
     let v = veth();
-    // MTU 200: the ring's slots hold 200-byte IP packets, no more.
-    let e = Endpoint::new(v.options(v.sockets(1, false), DispatchMode::Mmap).mtu(200)).unwrap();
+    // Receive buffers of 214 bytes: the ring's slots hold 200-byte IP
+    // packets, no more (by default an AF_PACKET channel takes 64 KiB
+    // super-frames).
+    let e = Endpoint::new(
+        v.options(v.sockets(1, false), DispatchMode::Mmap)
+            .mtu(200)
+            .receive_buffer_size(14 + 200),
+    )
+    .unwrap();
     let mut batch = e.new_batch();
     e.recv_batch(&mut batch).unwrap();
     assert!(
@@ -343,8 +422,8 @@ fn dropping_the_endpoint_closes_sockets_and_unmaps_rings() {
     e.attach(Arc::new(|_q: usize, _b: &mut Batch| {})).unwrap();
     assert_eq!(
         open_fd_count().unwrap(),
-        before + 2 + 1,
-        "sockets + stop event"
+        before + 2 + 2 + 1,
+        "sockets, their closed events, the stop event"
     );
     drop(e);
     assert_eq!(open_fd_count().unwrap(), before, "every descriptor closed");

@@ -449,7 +449,7 @@ fn dropping_a_tun_endpoint_closes_its_queues() {
     .unwrap();
     assert_eq!(
         open_fd_count().unwrap(),
-        before + 3 + 1,
+        before + 3 + 3 + 1,
         "3 queues + stop event"
     );
     drop(e);

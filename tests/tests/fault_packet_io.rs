@@ -344,11 +344,15 @@ fn send_faults_are_counted_and_end_with_one_closure() {
         drop(b);
         // Injected EAGAINs can use up a burst's send timeout (on a slow
         // machine, under valgrind) before the closed pipe is reached, so
-        // send bursts, bounded, until the closure is seen.
+        // send bursts, bounded, until the closure is seen. A send only
+        // stops later sends; the reads report the closure once they reach
+        // the end of what the peer queued.
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut batch = e.new_batch();
         loop {
             let o = e.send(&out);
             assert_eq!(o.sent + o.dropped, out.len());
+            let _ = e.recv_batch(&mut batch);
             if log.calls() > 0 {
                 assert!(o.dropped > 0);
                 break;
@@ -376,15 +380,29 @@ fn send_faults_are_counted_and_end_with_one_closure() {
 
 #[test]
 fn send_eof_closes_once_and_counts_the_rest_as_link_closed() {
-    let (a, _b) = memory_pair(64);
+    let (a, b) = memory_pair(64);
     let io: Faulty = Arc::new(FaultyIo::new(a).send_plan(Plan::after(3, Fault::Eof)));
     let log = ClosedLog::new();
     let e = endpoint(&io, false, &log);
     let packets: Vec<Vec<u8>> = (0..10).map(|i| tagged_ipv4(60, i as u8)).collect();
     let out: Vec<OutPacket<'_>> = packets.iter().map(|p| OutPacket::ip(p)).collect();
+    // The peer queued two packets before it closed.
+    b.send(&[&packets[0]]).unwrap();
+    b.send(&[&packets[1]]).unwrap();
     let o = e.send(&out);
     assert_eq!((o.sent, o.dropped), (3, 7));
     assert_eq!(e.stats().drops.get(DropReason::LinkClosed), 7);
+    let o = e.send(&out);
+    assert_eq!(
+        (o.sent, o.dropped),
+        (0, 10),
+        "later sends are refused at once"
+    );
+    // A packet object cannot be asked what is left: its reads report the
+    // closure when they reach its end, after the two packets.
+    assert_eq!(log.calls(), 0);
+    drop(b);
+    assert_eq!(pull_to_close(&e), 2);
     assert_eq!(log.calls(), 1);
     assert_eq!(log.reason(), Some(CloseReason::PeerClosed));
 }

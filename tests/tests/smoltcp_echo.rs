@@ -12,9 +12,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,12 @@ fn udp_socket() -> udp::Socket<'static> {
 
 /// Runs a smoltcp TCP + UDP echo server on `device` until `stop` is set (or
 /// [`SERVER_LIMIT`] passes). Returns the device, for its stats.
-fn serve(mut device: FdlinkDevice, cfg: ServerConfig, stop: &AtomicBool) -> FdlinkDevice {
+fn serve(
+    mut device: FdlinkDevice,
+    cfg: ServerConfig,
+    stop: &AtomicBool,
+    seen: &AtomicU64,
+) -> FdlinkDevice {
     let hw = match cfg.mac {
         Some(mac) => HardwareAddress::Ethernet(EthernetAddress(mac)),
         None => HardwareAddress::Ip,
@@ -121,6 +126,8 @@ fn serve(mut device: FdlinkDevice, cfg: ServerConfig, stop: &AtomicBool) -> Fdli
             Duration::from_millis(10),
         )
         .expect("poll");
+        let stats = device.endpoint().stats();
+        seen.store(stats.frames_read + stats.kernel_drops, Ordering::Relaxed);
         let mut moved = false;
         for &h in &tcp {
             let s = sockets.get_mut::<tcp::Socket<'_>>(h);
@@ -157,19 +164,34 @@ fn serve(mut device: FdlinkDevice, cfg: ServerConfig, stop: &AtomicBool) -> Fdli
 struct Server {
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<FdlinkDevice>>,
+    /// The frames the endpoint read, and the kernel dropped before it could
+    /// (`frames_read + kernel_drops`), after the last poll (one server).
+    seen: Arc<AtomicU64>,
 }
 
 impl Server {
     fn start(devices: Vec<FdlinkDevice>, cfg: ServerConfig) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicU64::new(0));
         let threads = devices
             .into_iter()
             .map(|d| {
                 let stop = Arc::clone(&stop);
-                thread::spawn(move || serve(d, cfg, &stop))
+                let seen = Arc::clone(&seen);
+                thread::spawn(move || serve(d, cfg, &stop, &seen))
             })
             .collect();
-        Server { stop, threads }
+        Server {
+            stop,
+            threads,
+            seen,
+        }
+    }
+
+    /// Frames the (single) server's link saw so far: read, or dropped by
+    /// the kernel before they could be.
+    fn frames_seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
     }
 
     /// Stops the server and returns the endpoint's stats line.
@@ -581,28 +603,32 @@ fn smoltcp_tap_arp_ndp_then_tcp() {
     eprintln!("{name}: {}", server.stop());
 }
 
-#[test]
-fn smoltcp_af_packet_veth_arp_then_tcp() {
-    let name = "smoltcp_af_packet_veth_arp_then_tcp";
+/// smoltcp over an AF_PACKET socket on a veth whose kernel end keeps its
+/// default offloads: the kernel's frames arrive with partial checksums
+/// (and, without a virtio header, as super-frames), which the endpoint
+/// learns of from the kernel and completes; its own transmissions are not
+/// read back, so every frame read is one the kernel peer sent.
+fn af_packet_echo(name: &str, n: u8, offload: bool) {
     if !require_root(name) {
         return;
     }
-    let net = net(8);
+    let net = net(n);
     let ns = Netns::new("fdlsmol").expect("create netns");
-    ns.veth("kern0", "smol0").unwrap();
-    // The kernel side hands the veth peer finished frames: no partial
-    // checksums or super-frames reach the AF_PACKET socket.
-    ns.exec(
-        "ethtool",
-        &["-K", "kern0", "tx", "off", "tso", "off", "gso", "off"],
-    )
+    // Links stay down until the socket exists, so it sees every frame the
+    // kernel end ever sends.
+    ns.ip(&[
+        "link", "add", "kern0", "type", "veth", "peer", "name", "smol0",
+    ])
     .unwrap();
-    net.configure_kernel(&ns, "kern0");
     let (socket, mac) = ns
         .run(|| -> io::Result<(OwnedFd, [u8; 6])> {
             let index = if_index("smol0")?;
             let mac = if_hwaddr("smol0")?.ok_or_else(|| io::Error::other("veth has no MAC"))?;
-            Ok((PacketSocket::open(index, ETH_P_ALL)?.into_fd(), mac))
+            let socket = PacketSocket::open(index, ETH_P_ALL)?.into_fd();
+            if offload {
+                fdlink_sys::packet::set_vnet_hdr(socket.as_fd(), true)?;
+            }
+            Ok((socket, mac))
         })
         .expect("enter netns")
         .expect("AF_PACKET socket");
@@ -611,23 +637,75 @@ fn smoltcp_af_packet_veth_arp_then_tcp() {
             .fd(socket)
             .mtu(1500)
             .ethernet(true)
-            .link_address(MacAddr(mac)),
+            .link_address(MacAddr(mac))
+            .vnet_header_len(if offload { 10 } else { 0 }),
     )
     .expect("endpoint");
-    let device = FdlinkDevice::new(endpoint, DeviceConfig::default().gso(false));
-    let server = Server::start(vec![device], net.server(Some(mac), 2, 1 << 20));
+    ns.link_up("smol0").unwrap();
+    net.configure_kernel(&ns, "kern0");
+    let device = FdlinkDevice::new(endpoint, DeviceConfig::default().gso(offload));
+    let server = Server::start(vec![device], net.server(Some(mac), 2, 4 << 20));
+    for v6 in [false, true] {
+        let to = net.smol(v6);
+        ping(&ns, to).unwrap_or_else(|e| panic!("ping {to}: {e}"));
+    }
     for v6 in [false, true] {
         let to = SocketAddr::new(net.smol(v6), PORT);
-        tcp_exchange(&ns, to, 4 << 20, 29).unwrap_or_else(|e| panic!("AF_PACKET TCP {to}: {e}"));
+        let total = if v6 { 8 << 20 } else { BULK };
+        tcp_exchange(&ns, to, total, 29).unwrap_or_else(|e| panic!("AF_PACKET TCP {to}: {e}"));
     }
     let neigh = ns.ip(&["neigh", "show", "dev", "kern0"]).unwrap();
-    let mac = fdlink_tests::netns::format_mac(mac);
+    let mac_text = fdlink_tests::netns::format_mac(mac);
     assert!(
         neigh
             .lines()
-            .any(|l| l.starts_with(&format!("{} ", net.smol4)) && l.contains(&mac)),
-        "no ARP entry {} -> {mac}: {neigh}",
+            .any(|l| l.starts_with(&format!("{} ", net.smol4)) && l.contains(&mac_text)),
+        "no ARP entry {} -> {mac_text}: {neigh}",
         net.smol4
     );
-    eprintln!("{name}: {}", server.stop());
+    // Every frame read is one the kernel end sent (its tx_packets counts
+    // a super-frame once, as the socket reads it), once both are still;
+    // a frame the socket's full queue dropped is counted as such.
+    let sent_by_peer = || -> u64 {
+        ns.exec("cat", &["/sys/class/net/kern0/statistics/tx_packets"])
+            .expect("kern0 statistics")
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (sent, read) = loop {
+        let before = sent_by_peer();
+        thread::sleep(Duration::from_millis(100));
+        let read = server.frames_seen();
+        let sent = sent_by_peer();
+        if (before == sent && read == sent) || Instant::now() > deadline {
+            break (sent, read);
+        }
+    };
+    let stats = server.stop();
+    assert_eq!(
+        read, sent,
+        "frames read + kernel drops vs frames kern0 sent: {stats}"
+    );
+    assert!(!stats.contains("drop."), "nothing dropped: {stats}");
+    eprintln!("{name}: {stats}");
+}
+
+#[test]
+fn smoltcp_af_packet_veth_default_offloads_offload_off() {
+    af_packet_echo(
+        "smoltcp_af_packet_veth_default_offloads_offload_off",
+        8,
+        false,
+    );
+}
+
+#[test]
+fn smoltcp_af_packet_veth_default_offloads_offload_on() {
+    af_packet_echo(
+        "smoltcp_af_packet_veth_default_offloads_offload_on",
+        9,
+        true,
+    );
 }

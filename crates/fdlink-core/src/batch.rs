@@ -1,5 +1,7 @@
 //! [`Batch`]: a reusable set of receive buffers and the packets they hold.
 
+use fdlink_sys::io::RxChecksum;
+
 use crate::link::EtherType;
 
 /// Where one received packet sits in its buffer and what it is.
@@ -10,6 +12,7 @@ struct PacketMeta {
     vnet_len: u8,
     link_len: u8,
     protocol: EtherType,
+    checksum: RxChecksum,
 }
 
 /// A batch of received packets in buffers allocated once and reused.
@@ -96,6 +99,7 @@ impl Batch {
 
     /// Keeps the frame just read into free slot `offset` (0 = first free)
     /// as the next packet, moving its buffer (not its bytes) into place.
+    #[allow(clippy::too_many_arguments)] // one frame's facts, set in one place
     pub(crate) fn commit(
         &mut self,
         offset: usize,
@@ -104,6 +108,7 @@ impl Batch {
         vnet_len: usize,
         link_len: usize,
         protocol: EtherType,
+        checksum: RxChecksum,
     ) {
         let slot = self.len + offset;
         self.bufs.swap(self.len, slot);
@@ -113,6 +118,7 @@ impl Batch {
             vnet_len: vnet_len as u8,
             link_len: link_len as u8,
             protocol,
+            checksum,
         };
         self.len += 1;
     }
@@ -167,5 +173,15 @@ impl<'a> Packet<'a> {
     /// The channel (queue) it arrived on.
     pub fn queue(&self) -> usize {
         self.meta.queue as usize
+    }
+
+    /// What the kernel said of its transport checksum: known on
+    /// `AF_PACKET` channels without a virtio-net header (from
+    /// `PACKET_AUXDATA`, which the endpoint turns on), where a packet the
+    /// local kernel sent arrives with only a partial checksum;
+    /// [`RxChecksum::Unknown`] elsewhere (a virtio-net header carries its
+    /// own flags).
+    pub fn kernel_checksum(&self) -> RxChecksum {
+        self.meta.checksum
     }
 }

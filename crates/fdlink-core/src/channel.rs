@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fdlink_sys::fd::{FdKind, SocketType};
+use fdlink_sys::fd::{Domain, FdKind, SocketType};
 use fdlink_sys::io::RecvInfo;
 use fdlink_sys::mmsg::{PacketParts, RecvMmsg, SendMmsg};
 use fdlink_sys::ring::{RxRing, VNET_HDR_LEN};
@@ -101,20 +101,25 @@ impl Channel {
         })
     }
 
-    /// True when reads can tell that the peer closed (end of file, a
-    /// zero-length SEQPACKET message, a packet object's `UnexpectedEof`).
-    /// A `SOCK_DGRAM` socket's reads cannot: they return `EAGAIN` forever.
-    pub(crate) fn reads_see_closure(&self) -> bool {
-        !matches!(
-            self.io,
+    /// After a send found the peer gone: may reads still find packets it
+    /// queued before it closed? Then they report the closure once they reach
+    /// its end, and nothing is lost. A socket is asked (a peek: 0 is end of
+    /// file); a datagram socket's reads could never see the end (the kernel
+    /// also discards its queue on that send); a packet object cannot be
+    /// asked, so its reads must reach its end of file.
+    pub(crate) fn has_input_left(&self) -> bool {
+        match &self.io {
             Io::Fd {
-                kind: FdKind::Socket {
-                    socket_type: SocketType::Datagram,
-                    ..
-                },
+                kind:
+                    FdKind::Socket {
+                        socket_type: SocketType::Datagram,
+                        ..
+                    },
                 ..
-            }
-        )
+            } => false,
+            Io::Fd { fd, .. } => matches!(fdlink_sys::io::peek_len(fd.as_fd()), Ok(n) if n > 0),
+            Io::Object(_) => true,
+        }
     }
 
     fn is_seqpacket(&self) -> bool {
@@ -138,13 +143,18 @@ impl Channel {
             return ReadResult::Frames(0);
         }
         if let (Some(ring), Io::Fd { fd, .. }) = (&self.ring, &self.io) {
-            return read_ring(ring, fd.as_fd(), batch, max);
+            return self.read_ring(ring, fd.as_fd(), batch, max);
         }
         if let (Io::Fd { fd, kind }, DispatchMode::Recvmmsg) = (&self.io, mode)
             && kind.is_socket()
         {
             let capacity = batch.capacity();
-            let mut mmsg = batch.mmsg.take().unwrap_or_else(|| RecvMmsg::new(capacity));
+            let packet_meta = self.is_packet_socket();
+            let mut mmsg = match batch.mmsg.take() {
+                Some(m) if m.packet_meta() || !packet_meta => m,
+                _ if packet_meta => RecvMmsg::with_packet_meta(capacity),
+                _ => RecvMmsg::new(capacity),
+            };
             let (bufs, infos) = batch.free_buffers();
             let mut result = mmsg.recv(fd.as_fd(), &mut bufs[..max], &mut infos[..max]);
             if matches!(&result, Err(e) if is_pending_socket_error(e)) {
@@ -162,6 +172,9 @@ impl Channel {
             let (bufs, infos) = batch.free_buffers();
             let buf = &mut bufs[n];
             let result = match &self.io {
+                Io::Fd { fd, .. } if self.is_packet_socket() => {
+                    fdlink_sys::io::recv_one_meta(fd.as_fd(), buf)
+                }
                 Io::Fd { fd, kind } if kind.is_socket() => {
                     fdlink_sys::io::recv_one(fd.as_fd(), buf)
                 }
@@ -192,6 +205,21 @@ impl Channel {
             }
         }
         ReadResult::Frames(n)
+    }
+
+    /// An `AF_PACKET` socket: its reads carry each frame's checksum state
+    /// and packet type.
+    pub(crate) fn is_packet_socket(&self) -> bool {
+        matches!(
+            self.io,
+            Io::Fd {
+                kind: FdKind::Socket {
+                    domain: Domain::Packet,
+                    ..
+                },
+                ..
+            }
+        )
     }
 
     fn is_socket(&self) -> bool {
@@ -230,6 +258,24 @@ impl Channel {
     }
 
     fn read_error(&self, e: io::Error) -> ReadResult {
+        if let Io::Fd { fd, kind } = &self.io {
+            match e.raw_os_error() {
+                // An AF_PACKET socket hears ENETDOWN when its interface goes
+                // down, and works again once it is up; only an interface
+                // that is gone (the socket's index reset) ends it.
+                Some(ENETDOWN) if self.is_packet_socket() => {
+                    return match fdlink_sys::packet::bound_ifindex(fd.as_fd()) {
+                        Ok(Some(_)) => ReadResult::Empty,
+                        _ => ReadResult::Closed(CloseReason::DeviceRemoved),
+                    };
+                }
+                // A TUN/TAP queue whose device was deleted (or detached).
+                Some(EBADFD) if !kind.is_socket() => {
+                    return ReadResult::Closed(CloseReason::DeviceRemoved);
+                }
+                _ => {}
+            }
+        }
         match e.kind() {
             // Descriptor reads retry EINTR in fdlink-sys; a packet object
             // may still report it: nothing was consumed, so try later.
@@ -358,64 +404,79 @@ fn is_pending_socket_error(e: &io::Error) -> bool {
     )
 }
 
-/// Copies up to `max` frames out of the ring into the batch's free buffers
-/// (virtio header first, then the frame from its MAC header), handing each
-/// slot back to the kernel; then, while frames queued before the ring may
-/// remain, reads those from the socket.
-fn read_ring(
-    rx: &RingRx,
-    fd: std::os::fd::BorrowedFd<'_>,
-    batch: &mut Batch,
-    max: usize,
-) -> ReadResult {
-    let vnet_len = rx.vnet_len;
-    let (bufs, infos) = batch.free_buffers();
-    let mut n = 0;
-    {
-        let mut ring = rx.ring.lock().unwrap_or_else(|e| e.into_inner());
-        while n < max {
-            let Some(frame) = ring.next_frame() else {
-                break;
-            };
-            let buf = &mut bufs[n];
-            let data = frame.data();
-            let fits = vnet_len + data.len() <= buf.len();
-            if frame.is_truncated() || !fits {
-                // Counted as truncated by the caller; nothing to copy.
-                let len = vnet_len + frame.original_len().max(data.len());
-                infos[n] = RecvInfo::new(len, true);
-            } else {
-                let vnet = &mut buf[..vnet_len];
-                vnet.fill(0);
-                if let Some(hdr) = frame.vnet_hdr() {
-                    let k = vnet_len.min(VNET_HDR_LEN);
-                    vnet[..k].copy_from_slice(&hdr[..k]);
+impl Channel {
+    /// Copies up to `max` frames out of the ring into the batch's free buffers
+    /// (virtio header first, then the frame from its MAC header), handing each
+    /// slot back to the kernel; then, while frames queued before the ring may
+    /// remain, reads those from the socket.
+    fn read_ring(
+        &self,
+        rx: &RingRx,
+        fd: std::os::fd::BorrowedFd<'_>,
+        batch: &mut Batch,
+        max: usize,
+    ) -> ReadResult {
+        let vnet_len = rx.vnet_len;
+        let (bufs, infos) = batch.free_buffers();
+        let mut n = 0;
+        {
+            let mut ring = rx.ring.lock().unwrap_or_else(|e| e.into_inner());
+            while n < max {
+                let Some(frame) = ring.next_frame() else {
+                    break;
+                };
+                let buf = &mut bufs[n];
+                let data = frame.data();
+                let fits = vnet_len + data.len() <= buf.len();
+                if frame.is_truncated() || !fits {
+                    // Counted as truncated by the caller; nothing to copy.
+                    let len = vnet_len + frame.original_len().max(data.len());
+                    infos[n] = RecvInfo::new(len, true).with_outgoing(frame.is_outgoing());
+                } else {
+                    let vnet = &mut buf[..vnet_len];
+                    vnet.fill(0);
+                    if let Some(hdr) = frame.vnet_hdr() {
+                        let k = vnet_len.min(VNET_HDR_LEN);
+                        vnet[..k].copy_from_slice(&hdr[..k]);
+                    }
+                    buf[vnet_len..vnet_len + data.len()].copy_from_slice(data);
+                    infos[n] = RecvInfo::new(vnet_len + data.len(), false)
+                        .with_checksum(frame.checksum())
+                        .with_outgoing(frame.is_outgoing());
                 }
-                buf[vnet_len..vnet_len + data.len()].copy_from_slice(data);
-                infos[n] = RecvInfo::new(vnet_len + data.len(), false);
-            }
-            n += 1;
-        }
-    }
-    while n < max && rx.backlog.load(Ordering::Relaxed) {
-        match fdlink_sys::io::recv_one(fd, &mut bufs[n]) {
-            Ok(info) => {
-                infos[n] = info;
                 n += 1;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                rx.backlog.store(false, Ordering::Relaxed);
+        }
+        // The socket's own queue holds what came before the ring existed; and
+        // while the ring is empty, a receive call is the one way to hear of a
+        // pending error (the interface went down, or away), which poll keeps
+        // reporting until a call takes it.
+        while n < max && (rx.backlog.load(Ordering::Relaxed) || n == 0) {
+            match fdlink_sys::io::recv_one_meta(fd, &mut bufs[n]) {
+                Ok(info) => {
+                    infos[n] = info;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    rx.backlog.store(false, Ordering::Relaxed);
+                    break;
+                }
+                Err(_) if n > 0 => break,
+                Err(e) => return self.read_error(e),
             }
-            Err(_) if n > 0 => break,
-            Err(e) => return ReadResult::Closed(CloseReason::from_error(&e)),
+        }
+        if n == 0 {
+            ReadResult::Empty
+        } else {
+            ReadResult::Frames(n)
         }
     }
-    if n == 0 {
-        ReadResult::Empty
-    } else {
-        ReadResult::Frames(n)
-    }
 }
+
+/// `ENETDOWN` (Linux, every architecture).
+const ENETDOWN: i32 = 100;
+/// `EBADFD` (Linux, every architecture).
+const EBADFD: i32 = 77;
 
 /// The longest a reader sleeps inside a packet object's wait before it
 /// checks for a stop request: the bound on `detach` latency for objects.

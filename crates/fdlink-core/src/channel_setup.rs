@@ -45,6 +45,41 @@ pub(crate) fn attach_ring(
     RxRing::new(fd, RingConfig::for_packet_len(max_ip, count, vnet_len > 0))
 }
 
+/// Sets up an `AF_PACKET` channel for a link endpoint: frames this host
+/// sends are not read back (`PACKET_IGNORE_OUTGOING`; where the kernel
+/// lacks it, the reads mark them and the endpoint drops them as
+/// [`crate::DropReason::Outgoing`]), and, without a virtio-net header, each
+/// frame's checksum state comes with it (`PACKET_AUXDATA`): a packet the
+/// local kernel sent across a veth carries only a partial checksum, which
+/// cannot be verified, only completed.
+///
+/// Its receive buffer grows to hold a batch of the largest frames (within
+/// [`MIN_PACKET_RCVBUF`]..=[`MAX_PACKET_RCVBUF`], never shrinking one the
+/// caller set larger): with the default (about 200 KiB) three 64 KiB
+/// super-frames fill it, and the kernel drops the rest of a burst before
+/// the reader wakes.
+pub(crate) fn configure_packet_socket(
+    fd: std::os::fd::BorrowedFd<'_>,
+    vnet_len: usize,
+    batch_bytes: usize,
+) -> io::Result<()> {
+    fdlink_sys::packet::ignore_outgoing(fd)?;
+    if vnet_len == 0 {
+        fdlink_sys::packet::set_auxdata(fd, true)?;
+    }
+    let wanted = batch_bytes.clamp(MIN_PACKET_RCVBUF, MAX_PACKET_RCVBUF);
+    // The kernel reports twice what was asked (its bookkeeping).
+    if fdlink_sys::packet::recv_buffer(fd)? < 2 * wanted {
+        fdlink_sys::packet::set_recv_buffer(fd, wanted)?;
+    }
+    Ok(())
+}
+
+/// The least receive buffer an `AF_PACKET` channel gets.
+const MIN_PACKET_RCVBUF: usize = 1 << 20;
+/// The most receive buffer an `AF_PACKET` channel asks for.
+const MAX_PACKET_RCVBUF: usize = 16 << 20;
+
 /// Puts every AF_PACKET socket of the endpoint in one hash fanout group
 /// when there are several, unless the first is in a group already.
 pub(crate) fn join_fanout_group(channels: &[Channel]) -> Result<(), OptionsError> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::batch::Batch;
 use crate::caps::Capabilities;
 use crate::channel::{Channel, Io, RingRx};
-use crate::channel_setup::{attach_ring, check_kind, join_fanout_group};
+use crate::channel_setup::{attach_ring, check_kind, configure_packet_socket, join_fanout_group};
 use crate::dispatch::Readers;
 use crate::link::{MacAddr, ethernet};
 use crate::options::{
@@ -28,6 +28,9 @@ pub enum CloseReason {
     PeerClosed,
     /// The descriptor reported a hang-up with nothing left to read.
     Hangup,
+    /// The device is gone: the TUN/TAP was deleted (or its queue detached),
+    /// or the interface an `AF_PACKET` socket was bound to.
+    DeviceRemoved,
     /// A fatal error.
     Error {
         /// Its kind.
@@ -51,6 +54,7 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::PeerClosed => f.write_str("peer closed"),
             CloseReason::Hangup => f.write_str("hang-up"),
+            CloseReason::DeviceRemoved => f.write_str("the device was removed"),
             CloseReason::Error {
                 os_error: Some(code),
                 ..
@@ -170,22 +174,15 @@ impl Endpoint {
             });
         }
         let link_len = if o.ethernet { ethernet::HEADER_LEN } else { 0 };
-        let largest_packet = if o.vnet_header_len > 0 {
-            MAX_IP_PACKET
-        } else {
-            o.mtu as usize
-        };
         let min_frame = o.vnet_header_len + link_len + o.mtu as usize;
-        let max_frame = match o.receive_buffer_size {
-            Some(size) if size < min_frame => {
-                return Err(OptionsError::ReceiveBufferTooSmall {
-                    size,
-                    needed: min_frame,
-                });
-            }
-            Some(size) => size,
-            None => o.vnet_header_len + link_len + largest_packet,
-        };
+        if let Some(size) = o.receive_buffer_size
+            && size < min_frame
+        {
+            return Err(OptionsError::ReceiveBufferTooSmall {
+                size,
+                needed: min_frame,
+            });
+        }
 
         let mut channels = Vec::with_capacity(o.channels.len());
         for (index, source) in o.channels.into_iter().enumerate() {
@@ -210,11 +207,36 @@ impl Endpoint {
                     Io::Fd { fd, kind }
                 }
             };
-            let mut channel =
+            let channel =
                 Channel::new(io, o.batch_size).map_err(|source| OptionsError::Descriptor {
                     channel: index,
                     source,
                 })?;
+            channels.push(channel);
+        }
+        // Super-packets arrive where frames carry virtio headers, and on
+        // AF_PACKET sockets even without: a tap sees the kernel's GSO and
+        // GRO frames whole, which only a virtio header would describe.
+        let largest_packet =
+            if o.vnet_header_len > 0 || channels.iter().any(Channel::is_packet_socket) {
+                MAX_IP_PACKET
+            } else {
+                o.mtu as usize
+            };
+        let max_frame = o
+            .receive_buffer_size
+            .unwrap_or(o.vnet_header_len + link_len + largest_packet);
+        for (index, channel) in channels.iter_mut().enumerate() {
+            if channel.is_packet_socket()
+                && let Some(fd) = channel.fd()
+            {
+                configure_packet_socket(fd, o.vnet_header_len, o.batch_size * max_frame).map_err(
+                    |source| OptionsError::Descriptor {
+                        channel: index,
+                        source,
+                    },
+                )?;
+            }
             if o.dispatch == DispatchMode::Mmap
                 && let Io::Fd { fd, .. } = &channel.io
             {
@@ -232,7 +254,6 @@ impl Endpoint {
                 })?;
                 channel.ring = Some(RingRx::new(ring, o.vnet_header_len));
             }
-            channels.push(channel);
         }
         join_fanout_group(&channels)?;
 
@@ -329,7 +350,18 @@ impl Endpoint {
     }
 
     /// The counters now.
+    ///
+    /// On `AF_PACKET` channels this also collects the frames the kernel
+    /// dropped before they could be read
+    /// ([`StatsSnapshot::kernel_drops`], one `getsockopt` per channel).
     pub fn stats(&self) -> StatsSnapshot {
+        for channel in self.shared.channels.iter().filter(|c| c.is_packet_socket()) {
+            if let Some(fd) = channel.fd()
+                && let Ok(kernel) = fdlink_sys::packet::packet_stats(fd)
+            {
+                self.shared.stats.kernel_dropped(u64::from(kernel.drops));
+            }
+        }
         self.shared.stats.snapshot()
     }
 

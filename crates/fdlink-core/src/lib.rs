@@ -59,6 +59,7 @@ pub use batch::{Batch, Packet};
 pub use caps::Capabilities;
 pub use dispatch::Dispatcher;
 pub use endpoint::{CloseReason, Closed, Endpoint};
+pub use fdlink_sys::io::RxChecksum;
 pub use link::{EtherType, MacAddr};
 pub use options::{
     ClosedCallback, DEFAULT_BATCH_SIZE, DEFAULT_GSO_MAX_SIZE, DEFAULT_MTU, DEFAULT_SEND_TIMEOUT,

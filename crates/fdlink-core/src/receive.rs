@@ -67,7 +67,9 @@ impl Shared {
             let offset = i - kept as usize;
             let (bufs, infos) = batch.free_buffers();
             let info = infos[offset];
-            let verdict = if info.truncated || info.len > self.config.max_frame {
+            let verdict = if info.outgoing {
+                Err(DropReason::Outgoing)
+            } else if info.truncated || info.len > self.config.max_frame {
                 Err(DropReason::Truncated)
             } else if info.len < vnet_len {
                 Err(DropReason::ShortFrame)
@@ -75,7 +77,15 @@ impl Shared {
                 link::classify(&bufs[offset][vnet_len..info.len], eth)
             };
             let verdict = verdict.and_then(|c| {
-                batch.commit(offset, info.len, q, vnet_len, c.link_len, c.protocol);
+                batch.commit(
+                    offset,
+                    info.len,
+                    q,
+                    vnet_len,
+                    c.link_len,
+                    c.protocol,
+                    info.checksum,
+                );
                 let index = batch.len() - 1;
                 check(batch, index).inspect_err(|_| batch.uncommit_last())
             });

@@ -199,10 +199,7 @@ impl Shared {
                 }
                 Err(e) if is_peer_gone(&e) => {
                     channel.send_closed.store(true, Ordering::Release);
-                    // Where reads will see the end of what the peer queued,
-                    // they report the closure once they get there; a
-                    // datagram socket's reads never will.
-                    if !channel.reads_see_closure() {
+                    if !channel.has_input_left() {
                         self.channel_closed(q, CloseReason::PeerClosed);
                     }
                 }

@@ -20,6 +20,9 @@ pub enum DropReason {
     UnknownProtocol,
     /// Inbound: larger than the receive buffer; never delivered cut.
     Truncated,
+    /// Inbound: a frame this host sent (`PACKET_OUTGOING`), read back by an
+    /// `AF_PACKET` socket on a kernel without `PACKET_IGNORE_OUTGOING`.
+    Outgoing,
     /// Inbound: a virtio-net header that does not describe its packet.
     InvalidVirtioHeader,
     /// Inbound: a transport checksum that does not verify.
@@ -45,11 +48,12 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in a stable order (the order of [`DropCounts`]).
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::ShortFrame,
         DropReason::ForeignMac,
         DropReason::UnknownProtocol,
         DropReason::Truncated,
+        DropReason::Outgoing,
         DropReason::InvalidVirtioHeader,
         DropReason::BadChecksum,
         DropReason::OffloadFailed,
@@ -68,6 +72,7 @@ impl DropReason {
             DropReason::ForeignMac => "foreign_mac",
             DropReason::UnknownProtocol => "unknown_protocol",
             DropReason::Truncated => "truncated",
+            DropReason::Outgoing => "outgoing",
             DropReason::InvalidVirtioHeader => "invalid_virtio_header",
             DropReason::BadChecksum => "bad_checksum",
             DropReason::OffloadFailed => "offload_failed",
@@ -116,6 +121,7 @@ pub(crate) struct Stats {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     offload_fallbacks: AtomicU64,
+    kernel_drops: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -132,6 +138,10 @@ impl Stats {
     pub(crate) fn sent(&self, packets: u64, bytes: u64) {
         self.tx_packets.fetch_add(packets, Relaxed);
         self.tx_bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub(crate) fn kernel_dropped(&self, frames: u64) {
+        self.kernel_drops.fetch_add(frames, Relaxed);
     }
 
     pub(crate) fn offload_fallback(&self) {
@@ -154,6 +164,7 @@ impl Stats {
             tx_packets: self.tx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
             offload_fallbacks: self.offload_fallbacks.load(Relaxed),
+            kernel_drops: self.kernel_drops.load(Relaxed),
             drops,
         }
     }
@@ -213,6 +224,10 @@ pub struct StatsSnapshot {
     /// Times an offload layer switched a kernel offload to software after
     /// the kernel refused it at run time (once per offload kind).
     pub offload_fallbacks: u64,
+    /// Frames the kernel dropped before the endpoint could read them (an
+    /// `AF_PACKET` socket's queue was full: `PACKET_STATISTICS`). They
+    /// never reached the endpoint, so they are not in `frames_read`.
+    pub kernel_drops: u64,
     /// Drops by reason.
     pub drops: DropCounts,
 }
@@ -231,6 +246,9 @@ impl fmt::Display for StatsSnapshot {
             self.tx_bytes,
             self.drops.total()
         )?;
+        if self.kernel_drops > 0 {
+            write!(f, " kernel_drops={}", self.kernel_drops)?;
+        }
         if self.offload_fallbacks > 0 {
             write!(f, " offload_fallbacks={}", self.offload_fallbacks)?;
         }

@@ -314,6 +314,25 @@ pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     })
 }
 
+/// The length of the next queued datagram, without taking it (`recv` with
+/// `MSG_PEEK | MSG_TRUNC` into no buffer). 0 is end of file on a
+/// `SOCK_SEQPACKET` socket whose peer closed with nothing left queued (or
+/// an empty datagram); `WouldBlock` when nothing is queued.
+pub fn peek_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    retry_eintr(|| {
+        // SAFETY: a zero-length buffer: the kernel writes nothing, and the
+        // dangling (non-null) pointer is never dereferenced.
+        cvt_size(unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                std::ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+                0,
+                libc::MSG_PEEK | libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        })
+    })
+}
+
 /// `recvmsg(2)` of one datagram with `MSG_TRUNC`, so truncation is reported
 /// instead of silently cutting the packet. No metadata is read: the
 /// returned [`RecvInfo::checksum`] and [`RecvInfo::outgoing`] are the
@@ -400,6 +419,23 @@ mod tests {
     use super::*;
     use crate::fd::{SocketType, socketpair};
     use std::os::fd::AsFd;
+
+    #[test]
+    fn peek_len_tells_what_is_queued_without_taking_it() {
+        let (a, b) = socketpair(SocketType::SeqPacket).unwrap();
+        crate::fd::set_nonblocking(a.as_fd()).unwrap();
+        assert_eq!(
+            peek_len(a.as_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        send_one(b.as_fd(), &[IoSlice::new(&[7u8; 300])]).unwrap();
+        drop(b);
+        assert_eq!(peek_len(a.as_fd()).unwrap(), 300, "the next datagram");
+        assert_eq!(peek_len(a.as_fd()).unwrap(), 300, "still queued");
+        let mut buf = [0u8; 400];
+        assert_eq!(recv_one(a.as_fd(), &mut buf).unwrap().len, 300);
+        assert_eq!(peek_len(a.as_fd()).unwrap(), 0, "end of file");
+    }
 
     #[test]
     fn recv_one_reports_truncation_and_real_length() {

@@ -453,6 +453,38 @@ pub fn set_recv_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     set_buffer(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes)
 }
 
+/// The interface the socket is bound to (`getsockname`'s `sll_ifindex`):
+/// `None` for an unbound socket, and once that interface is gone — the
+/// kernel resets the index to -1 when it unregisters the device. The way
+/// to tell a deleted interface (closure) from one that is merely down
+/// (`ENETDOWN` on a read too, but the socket works again once it is up).
+///
+/// Errors: the kernel's (`ENOTSOCK` for a non-socket).
+pub fn bound_ifindex(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    // SAFETY: sockaddr_ll is a struct of integers; all-zero is valid.
+    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: the pointer and length describe a live, exclusively borrowed
+    // sockaddr_ll; the kernel writes at most `len` bytes and updates `len`.
+    cvt(unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_ll).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(u32::try_from(addr.sll_ifindex).ok().filter(|&i| i > 0))
+}
+
+/// The socket's receive buffer size as the kernel reports it
+/// (`SO_RCVBUF`: twice what was asked for).
+///
+/// Errors: the kernel's (`ENOTSOCK` for a non-socket).
+pub fn recv_buffer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let (actual, _) = getsockopt_pod::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+    Ok(usize::try_from(actual).unwrap_or(0))
+}
+
 /// Sets the socket's send buffer to `bytes` and returns the size the kernel
 /// reports afterwards: like [`set_recv_buffer`] with
 /// `SO_SNDBUFFORCE`/`SO_SNDBUF` and `net.core.wmem_max`.

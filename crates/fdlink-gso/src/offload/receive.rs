@@ -2,12 +2,13 @@
 //! checked, checksums completed or verified, super-packets handed up whole
 //! or split — each frame's verdict given before it counts as delivered.
 
-use fdlink_core::{Batch, Closed, DropReason};
+use fdlink_core::{Batch, Closed, DropReason, RxChecksum};
 
 use super::{OffloadEndpoint, Verified, decode_header, segment_arena, verify_transport};
 use crate::complete::complete_checksum;
 use crate::segment::{SegmentBuf, segment_with_hdr};
 use crate::virtio::GsoKind;
+use crate::wire::{PacketLayout, proto};
 
 /// What is known of a received packet's transport checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,7 +189,19 @@ impl OffloadEndpoint {
             }
         };
         if self.vnet_len == 0 {
-            let checksum = verify(packet.network())?;
+            // Without a virtio header, an AF_PACKET channel still hears from
+            // the kernel (PACKET_AUXDATA) which packets are partial or
+            // verified; elsewhere it says nothing.
+            let checksum = match packet.kernel_checksum() {
+                RxChecksum::Valid => ChecksumState::Verified,
+                RxChecksum::Partial if is_ip && self.config.complete_partial => {
+                    let frame = batch.frame_mut(i).unwrap_or_default();
+                    complete_partial(frame, link_len)?;
+                    ChecksumState::Verified
+                }
+                RxChecksum::Partial => ChecksumState::Partial,
+                RxChecksum::Unknown => verify(packet.network())?,
+            };
             items.push(item(Source::Batch(i), 0, checksum));
             return Ok(());
         }
@@ -221,4 +234,19 @@ impl OffloadEndpoint {
         items.push(item(Source::Batch(i), offload.gso_size, checksum));
         Ok(())
     }
+}
+
+/// Completes the partial TCP or UDP checksum of `frame` (a link header of
+/// `link_len` bytes, then an IP packet) whose checksum field holds the
+/// pseudo-header seed, as the kernel marks `TP_STATUS_CSUMNOTREADY`. Other
+/// protocols carry no partial checksum and are left alone.
+fn complete_partial(frame: &mut [u8], link_len: usize) -> Result<(), DropReason> {
+    let layout = PacketLayout::parse_at(frame, link_len).map_err(|_| DropReason::ShortFrame)?;
+    if layout.fragment || !matches!(layout.l4_protocol, proto::TCP | proto::UDP) {
+        return Ok(());
+    }
+    let offset = layout.l4_checksum_offset().ok_or(DropReason::ShortFrame)? as usize;
+    complete_checksum(frame, layout.l4_offset, offset)
+        .map(|_| ())
+        .map_err(|_| DropReason::OffloadFailed)
 }
