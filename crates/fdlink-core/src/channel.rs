@@ -4,7 +4,7 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +56,9 @@ pub(crate) struct RingRx {
     backlog: AtomicBool,
     /// The endpoint's virtio-net header length (0 or 10).
     vnet_len: usize,
+    /// Frames read from the ring without the virtio header the endpoint
+    /// expects, since the last [`Channel::take_refused`].
+    without_header: AtomicU64,
 }
 
 impl RingRx {
@@ -64,6 +67,7 @@ impl RingRx {
             ring: Mutex::new(ring),
             backlog: AtomicBool::new(true),
             vnet_len,
+            without_header: AtomicU64::new(0),
         }
     }
 }
@@ -205,6 +209,15 @@ impl Channel {
             }
         }
         ReadResult::Frames(n)
+    }
+
+    /// Frames the last reads took from the kernel but refused themselves
+    /// (a ring slot without the virtio header the endpoint expects): read
+    /// and dropped as [`crate::DropReason::InvalidVirtioHeader`].
+    pub(crate) fn take_refused(&self) -> u64 {
+        self.ring
+            .as_ref()
+            .map_or(0, |r| r.without_header.swap(0, Ordering::Relaxed))
     }
 
     /// An `AF_PACKET` socket: its reads carry each frame's checksum state
@@ -428,16 +441,22 @@ impl Channel {
                 let buf = &mut bufs[n];
                 let data = frame.data();
                 let fits = vnet_len + data.len() <= buf.len();
+                if vnet_len > 0 && frame.vnet_hdr().is_none() && !frame.is_truncated() {
+                    // The kernel wrote no virtio header for this frame:
+                    // dropped and counted, never passed on with a made-up
+                    // one.
+                    rx.without_header.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if frame.is_truncated() || !fits {
                     // Counted as truncated by the caller; nothing to copy.
                     let len = vnet_len + frame.original_len().max(data.len());
                     infos[n] = RecvInfo::new(len, true).with_outgoing(frame.is_outgoing());
                 } else {
-                    let vnet = &mut buf[..vnet_len];
-                    vnet.fill(0);
                     if let Some(hdr) = frame.vnet_hdr() {
                         let k = vnet_len.min(VNET_HDR_LEN);
-                        vnet[..k].copy_from_slice(&hdr[..k]);
+                        buf[..k].copy_from_slice(&hdr[..k]);
+                        buf[k..vnet_len].fill(0);
                     }
                     buf[vnet_len..vnet_len + data.len()].copy_from_slice(data);
                     infos[n] = RecvInfo::new(vnet_len + data.len(), false)

@@ -35,7 +35,13 @@ impl Shared {
         }
         while batch.free_slots() > 0 {
             let asked = batch.free_slots();
-            let n = match channel.read(batch, asked, self.config.dispatch) {
+            let result = channel.read(batch, asked, self.config.dispatch);
+            let refused = channel.take_refused();
+            if refused > 0 {
+                self.stats.read(refused);
+                self.stats.drop(DropReason::InvalidVirtioHeader, refused);
+            }
+            let n = match result {
                 ReadResult::Frames(n) => n,
                 ReadResult::Empty => return read,
                 ReadResult::Closed(reason) => {

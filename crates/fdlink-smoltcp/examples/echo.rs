@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fdlink_core::{Closed, Endpoint, MacAddr, Options};
+use fdlink_gso::offload::GsoKinds;
 use fdlink_smoltcp::{DeviceConfig, FdlinkDevice, poll};
 use fdlink_sys::packet::{ETH_P_ALL, PacketSocket};
 use fdlink_sys::tun::{OffloadFlags, TunConfig, if_hwaddr, if_index, if_mtu, set_offload};
@@ -139,10 +140,11 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Opens the link and returns the endpoint and the smoltcp side's MAC
-/// (Ethernet links).
-fn open(args: &Args) -> Result<(Endpoint, Option<MacAddr>), String> {
+/// Opens the link and returns the endpoint, the smoltcp side's MAC
+/// (Ethernet links) and the segmentation kinds the kernel takes.
+fn open(args: &Args) -> Result<(Endpoint, Option<MacAddr>, GsoKinds), String> {
     let ethernet = args.link != Link::Tun;
+    let mut host_gso = GsoKinds::ALL;
     let (fds, mac, mtu): (Vec<OwnedFd>, Option<MacAddr>, u32) = match args.link {
         Link::Tun | Link::Tap => {
             let config = if args.link == Link::Tap {
@@ -160,12 +162,21 @@ fn open(args: &Args) -> Result<(Endpoint, Option<MacAddr>), String> {
             // Offloads are device-wide and outlive us on a persistent
             // device: set them either way, to what this run asked for.
             let want = if args.offload {
-                OffloadFlags::CSUM | OffloadFlags::TSO4 | OffloadFlags::TSO6
+                OffloadFlags::CSUM
+                    | OffloadFlags::TSO4
+                    | OffloadFlags::TSO6
+                    | OffloadFlags::USO4
+                    | OffloadFlags::USO6
             } else {
                 OffloadFlags::empty()
             };
-            set_offload(dev.fds()[0].as_fd(), want)
+            let granted = set_offload(dev.fds()[0].as_fd(), want)
                 .map_err(|e| format!("TUNSETOFFLOAD on {}: {e}", dev.name()))?;
+            // A kernel that refuses USO does not take UDP super-packets
+            // either: leave those to software.
+            if !granted.contains(OffloadFlags::USO4) {
+                host_gso = GsoKinds::TCPV4 | GsoKinds::TCPV6;
+            }
             let mtu = if_mtu(dev.name()).unwrap_or(1500);
             // A TAP's own MAC is the kernel's; smoltcp needs another one.
             let mac = ethernet.then(|| args.mac.unwrap_or(MacAddr([0x02, 0, 0, 0x5e, 0, 1])));
@@ -204,7 +215,7 @@ fn open(args: &Args) -> Result<(Endpoint, Option<MacAddr>), String> {
         options = options.link_address(mac);
     }
     let endpoint = Endpoint::new(options).map_err(|e| format!("endpoint: {e}"))?;
-    Ok((endpoint, mac))
+    Ok((endpoint, mac, host_gso))
 }
 
 fn tcp_socket() -> tcp::Socket<'static> {
@@ -312,8 +323,8 @@ fn run(args: Args) -> Result<(), String> {
         .thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
 
-    let (endpoint, mac) = open(&args)?;
-    let config = DeviceConfig::default().gso(args.offload);
+    let (endpoint, mac, host_gso) = open(&args)?;
+    let config = DeviceConfig::default().gso(args.offload).host_gso(host_gso);
     let devices = if args.queues > 1 {
         FdlinkDevice::per_queue(endpoint, config)
     } else {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fdlink_core::{CloseReason, Closed, Endpoint, SendOutcome};
-use fdlink_gso::offload::{OffloadConfig, OffloadEndpoint, Receiver, RxPacket, Sender};
+use fdlink_gso::offload::{GsoKinds, OffloadConfig, OffloadEndpoint, Receiver, RxPacket, Sender};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
 
@@ -38,6 +38,11 @@ pub struct DeviceConfig {
     /// idle the device sleeps as usual, so the cost is at most this much
     /// CPU per idle period. Zero turns it off.
     pub busy_poll: Duration,
+    /// The segmentation kinds the kernel takes whole on send, where the
+    /// link carries virtio headers (see
+    /// [`fdlink_gso::offload::OffloadConfig::host_gso`]); the others are
+    /// segmented in software. Default: all.
+    pub host_gso: GsoKinds,
 }
 
 impl Default for DeviceConfig {
@@ -48,6 +53,7 @@ impl Default for DeviceConfig {
             verify_rx_checksums: true,
             tx_batch: 64,
             busy_poll: DEFAULT_BUSY_POLL,
+            host_gso: GsoKinds::ALL,
         }
     }
 }
@@ -74,6 +80,12 @@ impl DeviceConfig {
     /// Sets [`DeviceConfig::busy_poll`].
     pub fn busy_poll(mut self, spin: Duration) -> Self {
         self.busy_poll = spin;
+        self
+    }
+
+    /// Sets [`DeviceConfig::host_gso`].
+    pub fn host_gso(mut self, kinds: GsoKinds) -> Self {
+        self.host_gso = kinds;
         self
     }
 
@@ -128,7 +140,8 @@ impl FdlinkDevice {
             // checksum from the local kernel need not be completed.
             .complete_partial(false)
             .verify_rx(config.verify_rx_checksums)
-            .fill_tcp_checksums(true);
+            .fill_tcp_checksums(true)
+            .host_gso(config.host_gso);
         OffloadEndpoint::new(endpoint, offload)
     }
 

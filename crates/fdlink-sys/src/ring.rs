@@ -125,6 +125,13 @@ struct TpacketReq {
 const _: () = assert!(mem::size_of::<Tpacket2Hdr>() == 32);
 const _: () = assert!(TPACKET2_HDRLEN == 52);
 
+/// Where the kernel puts the network header of a frame with a `mac_len`
+/// byte MAC header when it writes a virtio header in front: tpacket_rcv's
+/// `TPACKET_ALIGN(tp_hdrlen + max(16, mac_len)) + 10` (no `PACKET_RESERVE`).
+fn vnet_net_offset(mac_len: usize) -> usize {
+    tpacket_align(TPACKET2_HDRLEN + mac_len.max(16)) + VNET_HDR_LEN
+}
+
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned())
 }
@@ -464,7 +471,16 @@ impl RxRing {
         let frame_size = self.layout.frame_size;
         let mac = usize::from(hdr.tp_mac).clamp(TPACKET2_HDRLEN, frame_size);
         let captured = (hdr.tp_snaplen as usize).min(frame_size - mac);
-        let has_vnet = self.vnet_hdr && mac >= TPACKET2_HDRLEN + VNET_HDR_LEN;
+        // The kernel made room for (and wrote) the virtio header exactly when
+        // it put the network header 10 bytes further than it would without
+        // one, and the MAC header still inside the slot. A kernel that
+        // ignores PACKET_VNET_HDR in rings leaves no room: then there is
+        // no header, rather than one read from bytes it never wrote.
+        let net = usize::from(hdr.tp_net);
+        let mac_len = net.saturating_sub(usize::from(hdr.tp_mac));
+        let has_vnet = self.vnet_hdr
+            && net == vnet_net_offset(mac_len)
+            && usize::from(hdr.tp_mac) <= frame_size;
         Some(RingFrame {
             ring: self,
             offset,
@@ -703,5 +719,10 @@ mod tests {
         assert!(cfg.frame_size >= 80 - 14 + 1514);
         let cfg = RingConfig::for_packet_len(1500, 1, true);
         assert!(cfg.frame_size >= 90 - 14 + 1514);
+        // The offset that shows the kernel wrote a virtio header.
+        assert_eq!(vnet_net_offset(14), 90);
+        assert_eq!(vnet_net_offset(18), 90);
+        assert_eq!(vnet_net_offset(30), 106);
+        assert!(cfg.frame_size > vnet_net_offset(ETH_VLAN_HLEN));
     }
 }
