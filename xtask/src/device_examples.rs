@@ -1,18 +1,24 @@
 //! Runs the examples that need a real device (`dump`, `echo`) against TUN
-//! devices in a network namespace made for the purpose, so they never rot.
+//! devices in a network namespace made for the purpose, so they never rot:
+//! each does its job, and each exits promptly — non-zero, with one line on
+//! stderr saying the link closed — when its TUN is deleted under it.
 //! Needs root: without it the step is skipped with a note, unless
 //! `CI=true`, where a missing capability is a failure.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cmd;
 
 /// How long an example may take to print `ready` or to exit.
 const LIMIT: Duration = Duration::from_secs(20);
+/// How long an example may take to exit once its TUN is deleted.
+const EXIT_ON_DEATH: Duration = Duration::from_secs(1);
+/// How often the exit is checked meanwhile.
+const EXIT_POLL: Duration = Duration::from_millis(10);
 
 /// Whether this process can make namespaces and TUN devices.
 pub(crate) fn capable() -> bool {
@@ -35,7 +41,15 @@ pub(crate) fn run() -> Result<(), String> {
     ]))?;
     let ns = Namespace::new()?;
     dump(&ns)?;
-    echo(&ns)
+    echo(&ns)?;
+    exits_when_tun_deleted(&ns, "dump", &["--tun", "fdx2"], "fdx2", "10.79.0.1/24")?;
+    exits_when_tun_deleted(
+        &ns,
+        "echo",
+        &["--tun", "fdx3", "--addr", "10.80.0.2/24"],
+        "fdx3",
+        "10.80.0.1/24",
+    )
 }
 
 fn example(name: &str) -> PathBuf {
@@ -74,6 +88,104 @@ fn echo(ns: &Namespace) -> Result<(), String> {
     let out = finish(child, lines, "echo")?;
     ping.map_err(|e| format!("echo did not answer ping: {e}"))?;
     check(&out, &["stats "], "echo")
+}
+
+/// Starts example `name` on TUN `tun`, waits for `ready`, deletes the TUN
+/// (`ip link del`) and requires the example to exit within
+/// [`EXIT_ON_DEATH`], with a non-zero status and exactly one non-empty line
+/// on stderr that mentions "closed".
+fn exits_when_tun_deleted(
+    ns: &Namespace,
+    name: &str,
+    args: &[&str],
+    tun: &str,
+    kernel_addr: &str,
+) -> Result<(), String> {
+    let what = format!("{name} (TUN deleted)");
+    let mut child = ns.spawn_with_stderr(&example(name), args)?;
+    let stderr = read_all_on_a_thread(&mut child)?;
+    let lines = wait_ready(&mut child, &what)?;
+    // A live, configured link, as in use.
+    let configured = ns
+        .ip(&["addr", "add", kernel_addr, "dev", tun])
+        .and_then(|()| ns.ip(&["link", "set", tun, "up"]));
+    if let Err(e) = configured {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{what}: {e}"));
+    }
+    if let Err(e) = ns.ip(&["link", "del", tun]) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{what}: {e}"));
+    }
+    let deleted = Instant::now();
+    let status = wait_exit(&mut child, deleted, &what)?;
+    let took = deleted.elapsed();
+    let mut out = String::new();
+    while let Ok(line) = lines.try_recv() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    // The example has exited: its stderr is at end of file, unless
+    // something it started still holds the pipe.
+    let err = stderr
+        .recv_timeout(Duration::from_secs(2))
+        .map_err(|_| format!("{what}: stderr still open after the exit"))?;
+    let err_lines: Vec<&str> = err.lines().collect();
+    if status.success() {
+        return Err(format!(
+            "{what}: exited with {status}, expected a failure\nstdout:\n{out}stderr:\n{err}"
+        ));
+    }
+    match err_lines.as_slice() {
+        [line] if !line.trim().is_empty() && line.contains("closed") => {
+            println!("{what}: exited with {status} {took:?} after the deletion: {line}");
+            Ok(())
+        }
+        _ => Err(format!(
+            "{what}: stderr should be one line mentioning \"closed\", got {} lines:\n{err}",
+            err_lines.len()
+        )),
+    }
+}
+
+/// Polls `child` every [`EXIT_POLL`] until it exits, at most
+/// [`EXIT_ON_DEATH`] after `since`; kills it and fails otherwise.
+fn wait_exit(child: &mut Child, since: Instant, what: &str) -> Result<ExitStatus, String> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if since.elapsed() >= EXIT_ON_DEATH => {
+                let waited = since.elapsed();
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{what}: still running {waited:?} after its TUN was deleted \
+                     (limit {EXIT_ON_DEATH:?}); killed"
+                ));
+            }
+            Ok(None) => std::thread::sleep(EXIT_POLL),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what}: {e}"));
+            }
+        }
+    }
+}
+
+/// Reads the child's whole stderr on a thread; the text arrives once the
+/// pipe is closed.
+fn read_all_on_a_thread(child: &mut Child) -> Result<mpsc::Receiver<String>, String> {
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    Ok(rx)
 }
 
 fn check(out: &str, wanted: &[&str], name: &str) -> Result<(), String> {
@@ -175,14 +287,27 @@ impl Namespace {
     }
 
     fn spawn(&self, program: &std::path::Path, args: &[&str]) -> Result<Child, String> {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
+        self.command(program, args)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", program.display()))
+    }
+
+    /// [`Namespace::spawn`] with stderr piped too.
+    fn spawn_with_stderr(&self, program: &std::path::Path, args: &[&str]) -> Result<Child, String> {
+        self.command(program, args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", program.display()))
+    }
+
+    fn command(&self, program: &std::path::Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
             .arg(program)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", program.display()))
+            .stdout(Stdio::piped());
+        cmd
     }
 }
 
