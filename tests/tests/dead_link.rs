@@ -284,7 +284,7 @@ fn check_dead(stack: &mut Stack, log: &ClosedLog, expected: &CloseReason, what: 
 
 /// The TUN is deleted (`ip link del`) in its namespace while the loop
 /// sleeps; with and without a virtio header. The descriptor then polls
-/// as an error and reads fail with `EBADFD`.
+/// as an error and reads fail with `EBADFD`: the device was removed.
 #[test]
 fn tun_deleted_ends_the_poll_loop() {
     if !require_root("tun_deleted_ends_the_poll_loop") {
@@ -338,10 +338,7 @@ fn tun_deleted_ends_the_poll_loop() {
         let reason = poll_until_killed(&mut stack, &what, || {
             ns.ip(&["link", "del", name]).expect("ip link del");
         });
-        let expected = CloseReason::Error {
-            kind: io::Error::from_raw_os_error(libc::EBADFD).kind(),
-            os_error: Some(libc::EBADFD),
-        };
+        let expected = CloseReason::DeviceRemoved;
         assert_eq!(reason, expected, "{what}");
         check_dead(&mut stack, &log, &expected, &what);
     }
