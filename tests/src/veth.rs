@@ -10,8 +10,8 @@
 use std::io;
 use std::net::{Ipv4Addr, UdpSocket};
 
+use fdlink_sys::netdev::{if_hwaddr, if_index};
 use fdlink_sys::packet::{ETH_P_ALL, PacketSocket};
-use fdlink_sys::tun::{if_hwaddr, if_index};
 
 use crate::netns::{Netns, format_mac};
 

@@ -162,7 +162,7 @@ fn frames_the_host_sends_are_not_read_back() {
     for mode in MODES {
         let v = veth();
         let index_a =
-            v.ns.run(|| fdlink_sys::tun::if_index("pa"))
+            v.ns.run(|| fdlink_sys::netdev::if_index("pa"))
                 .unwrap()
                 .unwrap();
         let socket =

@@ -15,7 +15,8 @@ use fdlink_core::{
 };
 use fdlink_gso::virtio::VirtioNetHdr;
 use fdlink_gso::wire::tcp::flags;
-use fdlink_sys::tun::{OffloadFlags, TunConfig, if_hwaddr, set_offload};
+use fdlink_sys::netdev::if_hwaddr;
+use fdlink_sys::tun::{OffloadFlags, TunConfig, set_offload};
 use fdlink_tests::netns::{Netns, open_fd_count, require_root};
 use fdlink_tests::packet::{parse_tcp, udp4};
 use fdlink_tests::serial::serial;

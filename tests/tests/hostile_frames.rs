@@ -9,8 +9,8 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use fdlink_core::{DropReason, Endpoint, MacAddr, Options};
+use fdlink_sys::netdev::{if_hwaddr, if_index};
 use fdlink_sys::packet::{ETH_P_ALL, PacketSocket};
-use fdlink_sys::tun::{if_hwaddr, if_index};
 use fdlink_tests::netns::{Netns, require_root};
 
 fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {

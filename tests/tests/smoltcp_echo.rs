@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use fdlink_core::{Endpoint, MacAddr, Options};
 use fdlink_smoltcp::{DeviceConfig, FdlinkDevice, poll};
+use fdlink_sys::netdev::{if_hwaddr, if_index};
 use fdlink_sys::packet::{ETH_P_ALL, PacketSocket};
-use fdlink_sys::tun::{OffloadFlags, TunConfig, if_hwaddr, if_index};
+use fdlink_sys::tun::{OffloadFlags, TunConfig};
 use fdlink_tests::netns::{Netns, require_root};
 use fdlink_tests::tun::open_in;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};

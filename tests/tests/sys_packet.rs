@@ -20,14 +20,16 @@ use std::time::{Duration, Instant};
 
 use fdlink_gso::checksum::pseudo_header_ipv4;
 use fdlink_gso::virtio::{self, VirtioNetHdr};
+use fdlink_sys::abi::VNET_HDR_LEN;
 use fdlink_sys::io::{RecvInfo, RxChecksum, recv_one_meta};
 use fdlink_sys::mmsg::RecvMmsg;
+use fdlink_sys::netdev::{if_hwaddr, if_index};
 use fdlink_sys::packet::{
     ETH_P_ALL, FanoutMode, PacketSocket, ignore_outgoing, join_fanout, packet_stats, set_auxdata,
     set_ignore_outgoing, set_recv_buffer, set_send_buffer, set_vnet_hdr, vnet_hdr_enabled,
 };
-use fdlink_sys::ring::{RingConfig, RxRing, VNET_HDR_LEN};
-use fdlink_sys::tun::{TunConfig, if_hwaddr, if_index};
+use fdlink_sys::ring::{RingConfig, RxRing};
+use fdlink_sys::tun::TunConfig;
 use fdlink_tests::netns::{
     Netns, is_cloexec, open_fd_count, read_until, require_root, wait_readable,
 };

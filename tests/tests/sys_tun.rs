@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
+use fdlink_sys::netdev::{if_hwaddr, if_index, if_mtu};
 use fdlink_sys::tun::{
-    OffloadFlags, TunConfig, TunKind, if_hwaddr, if_index, if_mtu, set_offload, set_vnet_hdr_size,
-    vnet_hdr_size,
+    OffloadFlags, TunConfig, TunKind, set_offload, set_vnet_hdr_size, vnet_hdr_size,
 };
 use fdlink_tests::netns::{
     Netns, is_cloexec, kernel_version, open_fd_count, read_until, require_root,

@@ -64,8 +64,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fdlink_core::{Batch, DispatchMode, Endpoint, EtherType, Options, Packet};
+use fdlink_sys::netdev::{if_index, if_mtu};
 use fdlink_sys::packet::{ETH_P_ALL, PacketSocket, set_vnet_hdr};
-use fdlink_sys::tun::{OffloadFlags, TunConfig, TunKind, if_index, if_mtu, set_offload};
+use fdlink_sys::tun::{OffloadFlags, TunConfig, TunKind, set_offload};
 use fdlink_sys::wait::{Interest, PollFd, StopEvent, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};

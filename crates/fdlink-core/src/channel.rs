@@ -11,12 +11,12 @@ use std::time::Duration;
 use fdlink_sys::fd::{Domain, FdKind, SocketType};
 use fdlink_sys::io::RecvInfo;
 use fdlink_sys::mmsg::{PacketParts, RecvMmsg, SendMmsg};
-use fdlink_sys::ring::{RxRing, VNET_HDR_LEN};
+use fdlink_sys::ring::RxRing;
 use fdlink_sys::wait::{self, Interest, PollFd, Readiness, StopEvent};
 
 use crate::batch::Batch;
 use crate::endpoint::CloseReason;
-use crate::link::ethernet;
+use crate::link::{VNET_HDR_LEN, ethernet};
 use crate::options::DispatchMode;
 use crate::packet_io::PacketIo;
 

@@ -27,7 +27,7 @@ pub(crate) fn attach_ring(
     batch_size: usize,
 ) -> io::Result<RxRing> {
     let vnet_on = fdlink_sys::packet::vnet_hdr_enabled(fd)?;
-    if vnet_on != (vnet_len > 0) || vnet_len > fdlink_sys::ring::VNET_HDR_LEN {
+    if vnet_on != (vnet_len > 0) || vnet_len > crate::link::VNET_HDR_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(

@@ -12,7 +12,7 @@ use crate::caps::Capabilities;
 use crate::channel::{Channel, Io, RingRx};
 use crate::channel_setup::{attach_ring, check_kind, configure_packet_socket, join_fanout_group};
 use crate::dispatch::Readers;
-use crate::link::{MacAddr, ethernet};
+use crate::link::{MAX_IP_PACKET, MacAddr, ethernet};
 use crate::options::{
     ChannelSource, ClosedCallback, DispatchMode, MAX_BATCH_SIZE, Options, OptionsError,
 };
@@ -124,10 +124,6 @@ impl fmt::Debug for Endpoint {
 }
 
 const VALID_VNET_LENS: [usize; 3] = [0, 10, 12];
-
-/// The largest IP packet, and so the largest super-packet with a virtio
-/// header.
-pub(crate) const MAX_IP_PACKET: usize = 65535;
 
 impl Endpoint {
     /// Builds an endpoint, checking the options as a whole.

@@ -1,6 +1,7 @@
 //! Link-layer framing: MAC addresses, EtherTypes, the Ethernet II header and
 //! the classification of inbound frames.
 
+pub use fdlink_sys::abi::{MAX_IP_PACKET, VNET_HDR_LEN, VNET_HDR_LEN_MRG};
 use std::fmt;
 
 use crate::stats::DropReason;
@@ -119,7 +120,7 @@ pub mod ethernet {
     use std::ops::Range;
 
     /// Header length in bytes.
-    pub const HEADER_LEN: usize = 14;
+    pub use fdlink_sys::abi::ETHERNET_HEADER_LEN as HEADER_LEN;
     /// Destination MAC.
     pub const DST: Range<usize> = 0..6;
     /// Source MAC.

@@ -52,9 +52,9 @@ pub mod field {
 }
 
 /// Length of the basic header.
-pub const HDR_LEN: usize = 10;
+pub use fdlink_core::link::VNET_HDR_LEN as HDR_LEN;
 /// Length of the mergeable-buffers header.
-pub const HDR_LEN_MRG: usize = 12;
+pub use fdlink_core::link::VNET_HDR_LEN_MRG as HDR_LEN_MRG;
 
 /// Most datagrams one UDP_L4 super-packet may be cut into (Linux's
 /// `UDP_MAX_SEGMENTS`).

@@ -62,9 +62,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod abi;
 pub mod fd;
 pub mod io;
+mod meta;
 pub mod mmsg;
+pub mod netdev;
 pub mod packet;
 pub mod ring;
 pub mod tun;

@@ -36,6 +36,7 @@ use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU8, AtomicU16, Ordering};
 
+use crate::abi::{PACKET_AUXDATA, SOL_PACKET};
 use crate::cvt;
 use crate::fd::setsockopt_int;
 
@@ -45,10 +46,7 @@ pub const ETH_P_ALL: u16 = 0x0003;
 
 // SOL_PACKET option names and values (linux/if_packet.h); the same on every
 // architecture, defined here so that an older `libc` does not limit us.
-pub(crate) const SOL_PACKET: libc::c_int = 263;
 const PACKET_STATISTICS: libc::c_int = 6;
-/// Also the type of the `tpacket_auxdata` control message it enables.
-pub(crate) const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -60,9 +58,6 @@ const PACKET_FANOUT_ROLLOVER: u32 = 3;
 const PACKET_FANOUT_RND: u32 = 4;
 const PACKET_FANOUT_QM: u32 = 5;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
-
-/// `sll_pkttype` of a frame this host transmitted.
-pub(crate) const PACKET_OUTGOING: u8 = 4;
 
 /// How many consecutive fallback fanout ids [`join_fanout`] tries before it
 /// gives up.
@@ -117,7 +112,7 @@ impl PacketSocket {
     /// queued in the window between `socket` and `bind`.
     ///
     /// The interface index is resolved in the caller's network namespace
-    /// (see [`crate::tun::if_index`]); the socket belongs to the calling
+    /// (see [`crate::netdev::if_index`]); the socket belongs to the calling
     /// thread's namespace.
     ///
     /// Errors: `EPERM` without `CAP_NET_RAW`; `ENODEV` for an unknown index;

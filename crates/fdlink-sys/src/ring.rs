@@ -40,13 +40,14 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::abi::{
+    PACKET_OUTGOING, SOL_PACKET, TP_STATUS_CSUM_VALID, TP_STATUS_CSUMNOTREADY, VNET_HDR_LEN,
+};
 use crate::cvt;
-use crate::io::RxChecksum;
-use crate::packet::PACKET_OUTGOING;
+use crate::meta::RxChecksum;
 
 // SOL_PACKET options and ring constants (linux/if_packet.h); the same on
 // every architecture.
-const SOL_PACKET: libc::c_int = 263;
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_VERSION: libc::c_int = 10;
 const TPACKET_V2: libc::c_int = 1;
@@ -54,15 +55,10 @@ const TPACKET_V2: libc::c_int = 1;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1 << 0;
 const TP_STATUS_LOSING: u32 = 1 << 2;
-pub(crate) const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-pub(crate) const TP_STATUS_CSUM_VALID: u32 = 1 << 7;
 
 /// Slot alignment (`TPACKET_ALIGNMENT`).
 const TPACKET_ALIGNMENT: usize = 16;
-
-/// Length of the 10-byte `struct virtio_net_hdr`.
-pub const VNET_HDR_LEN: usize = 10;
 
 /// Ethernet header plus one VLAN tag: what [`RingConfig::for_packet_len`]
 /// adds to an IP packet length.
