@@ -27,6 +27,8 @@ pub struct Batch {
     len: usize,
     pub(crate) infos: Vec<fdlink_sys::io::RecvInfo>,
     pub(crate) mmsg: Option<fdlink_sys::mmsg::RecvMmsg>,
+    /// The size of every buffer.
+    buffer_size: usize,
 }
 
 impl Batch {
@@ -42,6 +44,7 @@ impl Batch {
             len: 0,
             infos: vec![Default::default(); capacity],
             mmsg: None,
+            buffer_size,
         }
     }
 
@@ -58,6 +61,17 @@ impl Batch {
     /// How many packets it can hold.
     pub fn capacity(&self) -> usize {
         self.bufs.len()
+    }
+
+    /// Grows every buffer to `size` bytes when they are smaller (the MTU
+    /// was raised since the batch was made). Allocates only then.
+    pub(crate) fn fit_buffers(&mut self, size: usize) {
+        if self.buffer_size < size {
+            for buf in &mut self.bufs {
+                *buf = vec![0u8; size].into_boxed_slice();
+            }
+            self.buffer_size = size;
+        }
     }
 
     /// Forgets every packet (buffers are kept).

@@ -15,7 +15,7 @@ use fdlink_sys::ring::RxRing;
 use fdlink_sys::wait::{self, Interest, PollFd, Readiness, StopEvent};
 
 use crate::batch::Batch;
-use crate::endpoint::CloseReason;
+use crate::closure::CloseReason;
 use crate::link::{VNET_HDR_LEN, ethernet};
 use crate::options::DispatchMode;
 use crate::packet_io::PacketIo;

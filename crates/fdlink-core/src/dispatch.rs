@@ -1,6 +1,7 @@
 //! The push path: one reader thread per channel handing batches to a
 //! [`Dispatcher`].
 
+use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -8,7 +9,8 @@ use fdlink_sys::wait::StopEvent;
 
 use crate::batch::Batch;
 use crate::channel::WaitResult;
-use crate::endpoint::{CloseReason, Endpoint, Shared};
+use crate::closure::CloseReason;
+use crate::shared::Shared;
 
 /// Receives batches from an attached endpoint's reader threads.
 ///
@@ -36,24 +38,20 @@ pub(crate) struct Readers {
     handles: Vec<JoinHandle<()>>,
 }
 
-impl Endpoint {
-    /// Starts one reader thread per open channel, each delivering batches to
-    /// `dispatcher` until [`Endpoint::detach`] or its channel closes.
-    ///
-    /// Attaching while attached does nothing; attaching after a detach
-    /// starts fresh readers.
+impl Readers {
+    /// Starts one reader thread per channel of `shared`, each delivering
+    /// batches to `dispatcher` until stopped or its channel closes.
     ///
     /// # Errors
     /// Creating the stop event or a thread failed; nothing is left running.
-    pub fn attach(&self, dispatcher: Arc<dyn Dispatcher>) -> std::io::Result<()> {
-        let mut readers = self.readers.lock().expect("readers lock");
-        if readers.is_some() {
-            return Ok(());
-        }
+    pub(crate) fn start(
+        shared: &Arc<Shared>,
+        dispatcher: Arc<dyn Dispatcher>,
+    ) -> io::Result<Readers> {
         let stop = Arc::new(StopEvent::new()?);
-        let mut handles = Vec::with_capacity(self.shared.channels.len());
-        for q in 0..self.shared.channels.len() {
-            let shared = Arc::clone(&self.shared);
+        let mut handles = Vec::with_capacity(shared.channel_count());
+        for q in 0..shared.channel_count() {
+            let shared = Arc::clone(shared);
             let dispatcher = Arc::clone(&dispatcher);
             let thread_stop = Arc::clone(&stop);
             let spawned = std::thread::Builder::new()
@@ -68,58 +66,39 @@ impl Endpoint {
                 }
             }
         }
-        *readers = Some(Readers { stop, handles });
-        Ok(())
-    }
-
-    /// True while readers are attached.
-    pub fn is_attached(&self) -> bool {
-        self.readers.lock().expect("readers lock").is_some()
+        Ok(Readers { stop, handles })
     }
 
     /// Stops the readers promptly (they wake on an eventfd) and joins them.
-    /// Does nothing when not attached.
-    pub fn detach(&self) {
-        let readers = self.readers.lock().expect("readers lock").take();
-        if let Some(readers) = readers {
-            // A failed signal can only mean the eventfd counter is saturated,
-            // which leaves it signalled anyway.
-            let _ = readers.stop.signal();
-            readers.handles.into_iter().for_each(join_quietly);
-        }
+    pub(crate) fn stop(self) {
+        // A failed signal can only mean the eventfd counter is saturated,
+        // which leaves it signalled anyway.
+        let _ = self.stop.signal();
+        self.handles.into_iter().for_each(join_quietly);
     }
 
-    /// Blocks until every reader has ended (its channel closed, or a detach
-    /// from another thread). Returns at once when not attached.
-    pub fn wait(&self) {
-        let (stop, handles) = {
-            let mut readers = self.readers.lock().expect("readers lock");
-            match readers.as_mut() {
-                Some(r) => (Arc::clone(&r.stop), std::mem::take(&mut r.handles)),
-                None => return,
-            }
-        };
-        handles.into_iter().for_each(join_quietly);
-        let mut readers = self.readers.lock().expect("readers lock");
-        if readers
-            .as_ref()
-            .is_some_and(|r| Arc::ptr_eq(&r.stop, &stop))
-        {
-            *readers = None;
-        }
+    /// Takes the thread handles to join them without holding a lock, and
+    /// the stop event that tells these readers apart from later ones.
+    pub(crate) fn take_handles(&mut self) -> (Arc<StopEvent>, Vec<JoinHandle<()>>) {
+        (Arc::clone(&self.stop), std::mem::take(&mut self.handles))
+    }
+
+    /// True when these readers were started with `stop`.
+    pub(crate) fn stopped_by(&self, stop: &Arc<StopEvent>) -> bool {
+        Arc::ptr_eq(&self.stop, stop)
     }
 }
 
-fn join_quietly(handle: JoinHandle<()>) {
-    // A panicking dispatcher ends its reader; the panic was already
-    // reported on that thread.
+/// Joins a reader thread. A panicking dispatcher ends its reader; the
+/// panic was already reported on that thread.
+pub(crate) fn join_quietly(handle: JoinHandle<()>) {
     let _ = handle.join();
 }
 
 /// One reader: wait for input or stop, read a batch, deliver it.
 fn read_loop(shared: &Shared, q: usize, stop: &StopEvent, dispatcher: &dyn Dispatcher) {
     let mut batch = shared.new_batch();
-    let channel = &shared.channels[q];
+    let channel = shared.channel(q);
     while shared.is_alive(q) {
         match channel.wait_readable(Some(stop), None) {
             Ok(WaitResult::Stopped) => return,
@@ -131,6 +110,7 @@ fn read_loop(shared: &Shared, q: usize, stop: &StopEvent, dispatcher: &dyn Dispa
             }
         }
         batch.clear();
+        batch.fit_buffers(shared.config().max_frame() + 1);
         let read = shared.fill(q, &mut batch, &mut |_, _| Ok(()));
         if !batch.is_empty() {
             dispatcher.deliver(q, &mut batch);

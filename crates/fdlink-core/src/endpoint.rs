@@ -1,106 +1,22 @@
-//! The endpoint: construction and its checks, the public API, closure.
-//! The receive and send paths live in `receive.rs` and `send.rs`.
+//! The endpoint: the public API over the shared state. Construction lives
+//! in `setup.rs`, the receive and send paths in `receive.rs` and
+//! `send.rs`, the push readers in `dispatch.rs`.
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::batch::Batch;
 use crate::caps::Capabilities;
-use crate::channel::{Channel, Io, RingRx};
-use crate::channel_setup::{attach_ring, check_kind, configure_packet_socket, join_fanout_group};
-use crate::dispatch::Readers;
-use crate::link::{MAX_IP_PACKET, MacAddr, ethernet};
-use crate::options::{
-    ChannelSource, ClosedCallback, DispatchMode, MAX_BATCH_SIZE, Options, OptionsError,
-};
+use crate::closure::{CloseReason, Closed};
+use crate::dispatch::{Dispatcher, Readers, join_quietly};
+use crate::link::{MAX_IP_PACKET, MacAddr};
+use crate::options::{Options, OptionsError};
 use crate::send::{OutPacket, SendOutcome};
-use crate::stats::{DropReason, Stats, StatsSnapshot};
-
-/// Why a channel, and so the endpoint, closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CloseReason {
-    /// The peer closed: end of file, a zero-length SEQPACKET message, or a
-    /// refused or broken write.
-    PeerClosed,
-    /// The descriptor reported a hang-up with nothing left to read.
-    Hangup,
-    /// The device is gone: the TUN/TAP was deleted (or its queue detached),
-    /// or the interface an `AF_PACKET` socket was bound to.
-    DeviceRemoved,
-    /// A fatal error.
-    Error {
-        /// Its kind.
-        kind: io::ErrorKind,
-        /// The OS error number, when there is one.
-        os_error: Option<i32>,
-    },
-}
-
-impl CloseReason {
-    pub(crate) fn from_error(e: &io::Error) -> Self {
-        CloseReason::Error {
-            kind: e.kind(),
-            os_error: e.raw_os_error(),
-        }
-    }
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CloseReason::PeerClosed => f.write_str("peer closed"),
-            CloseReason::Hangup => f.write_str("hang-up"),
-            CloseReason::DeviceRemoved => f.write_str("the device was removed"),
-            CloseReason::Error {
-                os_error: Some(code),
-                ..
-            } => write!(f, "error: {}", io::Error::from_raw_os_error(*code)),
-            CloseReason::Error { kind, .. } => write!(f, "error: {kind}"),
-        }
-    }
-}
-
-/// Returned by [`Endpoint::recv_batch`] once every channel has closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Closed(pub CloseReason);
-
-impl fmt::Display for Closed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "endpoint closed: {}", self.0)
-    }
-}
-
-impl std::error::Error for Closed {}
-
-/// Settings fixed at construction.
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub(crate) mtu: u32,
-    pub(crate) ethernet: bool,
-    pub(crate) link_address: Option<MacAddr>,
-    pub(crate) vnet_len: usize,
-    pub(crate) max_frame: usize,
-    pub(crate) batch_size: usize,
-    pub(crate) dispatch: DispatchMode,
-    pub(crate) send_timeout: Duration,
-    pub(crate) gso_max_size: u32,
-}
-
-/// State shared by the endpoint and its reader threads.
-pub(crate) struct Shared {
-    pub(crate) channels: Vec<Channel>,
-    pub(crate) alive: Vec<AtomicBool>,
-    pub(crate) config: Config,
-    pub(crate) caps: Capabilities,
-    pub(crate) stats: Stats,
-    closed_callback: Mutex<Option<ClosedCallback>>,
-    close_reason: OnceLock<CloseReason>,
-    next_rx: AtomicUsize,
-}
+use crate::setup;
+use crate::shared::Shared;
+use crate::stats::{DropReason, StatsSnapshot};
 
 /// A link endpoint over one or more boundary-preserving packet channels.
 ///
@@ -109,21 +25,19 @@ pub(crate) struct Shared {
 /// one reader thread per channel hands batches to a [`crate::Dispatcher`]);
 /// use one or the other. Send with [`Endpoint::send`] from any thread.
 pub struct Endpoint {
-    pub(crate) shared: std::sync::Arc<Shared>,
-    pub(crate) readers: Mutex<Option<Readers>>,
+    shared: Arc<Shared>,
+    readers: Mutex<Option<Readers>>,
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("channels", &self.shared.channels.len())
-            .field("config", &self.shared.config)
-            .field("caps", &self.shared.caps)
+            .field("channels", &self.shared.channel_count())
+            .field("config", self.shared.config())
+            .field("caps", &self.shared.caps())
             .finish_non_exhaustive()
     }
 }
-
-const VALID_VNET_LENS: [usize; 3] = [0, 10, 12];
 
 impl Endpoint {
     /// Builds an endpoint, checking the options as a whole.
@@ -142,201 +56,125 @@ impl Endpoint {
     /// here (see [`Options::fds`]); with [`DispatchMode::Mmap`] each socket
     /// gets its receive ring here.
     pub fn new(options: Options) -> Result<Self, OptionsError> {
-        let o = options;
-        if o.channels.is_empty() {
-            return Err(OptionsError::NoChannels);
-        }
-        if o.mtu == 0 || o.mtu as usize > MAX_IP_PACKET {
-            return Err(OptionsError::InvalidMtu(o.mtu));
-        }
-        if o.batch_size == 0 || o.batch_size > MAX_BATCH_SIZE {
-            return Err(OptionsError::InvalidBatchSize(o.batch_size));
-        }
-        if let Some(mac) = o.link_address {
-            if !o.ethernet {
-                return Err(OptionsError::LinkAddressWithoutEthernet);
-            }
-            if mac.is_multicast() {
-                return Err(OptionsError::MulticastLinkAddress(mac));
-            }
-        }
-        if !VALID_VNET_LENS.contains(&o.vnet_header_len) {
-            return Err(OptionsError::InvalidVnetHeaderLen(o.vnet_header_len));
-        }
-        if o.gso_max_size != 0 && !(o.mtu..=MAX_IP_PACKET as u32).contains(&o.gso_max_size) {
-            return Err(OptionsError::InvalidGsoMaxSize {
-                size: o.gso_max_size,
-                mtu: o.mtu,
-            });
-        }
-        let link_len = if o.ethernet { ethernet::HEADER_LEN } else { 0 };
-        let min_frame = o.vnet_header_len + link_len + o.mtu as usize;
-        if let Some(size) = o.receive_buffer_size
-            && size < min_frame
-        {
-            return Err(OptionsError::ReceiveBufferTooSmall {
-                size,
-                needed: min_frame,
-            });
-        }
-
-        let mut channels = Vec::with_capacity(o.channels.len());
-        for (index, source) in o.channels.into_iter().enumerate() {
-            let io = match source {
-                ChannelSource::Io(_) if o.dispatch == DispatchMode::Mmap => {
-                    return Err(OptionsError::DispatchUnsupported {
-                        channel: index,
-                        mode: o.dispatch,
-                        kind: "a packet object (mmap needs an AF_PACKET socket)",
-                    });
-                }
-                ChannelSource::Io(io) => Io::Object(io),
-                ChannelSource::Fd(fd) => {
-                    let described = |source| OptionsError::Descriptor {
-                        channel: index,
-                        source,
-                    };
-                    use std::os::fd::AsFd;
-                    let kind = fdlink_sys::fd::fd_kind(fd.as_fd()).map_err(described)?;
-                    check_kind(index, kind, o.dispatch)?;
-                    fdlink_sys::fd::set_nonblocking(fd.as_fd()).map_err(described)?;
-                    Io::Fd { fd, kind }
-                }
-            };
-            let channel =
-                Channel::new(io, o.batch_size).map_err(|source| OptionsError::Descriptor {
-                    channel: index,
-                    source,
-                })?;
-            channels.push(channel);
-        }
-        // Super-packets arrive where frames carry virtio headers, and on
-        // AF_PACKET sockets even without: a tap sees the kernel's GSO and
-        // GRO frames whole, which only a virtio header would describe.
-        let largest_packet =
-            if o.vnet_header_len > 0 || channels.iter().any(Channel::is_packet_socket) {
-                MAX_IP_PACKET
-            } else {
-                o.mtu as usize
-            };
-        let max_frame = o
-            .receive_buffer_size
-            .unwrap_or(o.vnet_header_len + link_len + largest_packet);
-        for (index, channel) in channels.iter_mut().enumerate() {
-            if channel.is_packet_socket()
-                && let Some(fd) = channel.fd()
-            {
-                configure_packet_socket(fd, o.vnet_header_len, o.batch_size * max_frame).map_err(
-                    |source| OptionsError::Descriptor {
-                        channel: index,
-                        source,
-                    },
-                )?;
-            }
-            if o.dispatch == DispatchMode::Mmap
-                && let Io::Fd { fd, .. } = &channel.io
-            {
-                use std::os::fd::AsFd;
-                let ring = attach_ring(
-                    fd.as_fd(),
-                    o.vnet_header_len,
-                    link_len,
-                    max_frame,
-                    o.batch_size,
-                )
-                .map_err(|source| OptionsError::Descriptor {
-                    channel: index,
-                    source,
-                })?;
-                channel.ring = Some(RingRx::new(ring, o.vnet_header_len));
-            }
-        }
-        join_fanout_group(&channels)?;
-
-        let caps = Capabilities::empty()
-            .with(Capabilities::RESOLUTION_REQUIRED, o.ethernet)
-            .with(
-                Capabilities::GSO,
-                o.vnet_header_len > 0 && o.gso_max_size > o.mtu,
-            );
-
-        let alive = channels.iter().map(|_| AtomicBool::new(true)).collect();
+        let parts = setup::build(options)?;
         Ok(Endpoint {
-            shared: std::sync::Arc::new(Shared {
-                channels,
-                alive,
-                config: Config {
-                    mtu: o.mtu,
-                    ethernet: o.ethernet,
-                    link_address: o.link_address,
-                    vnet_len: o.vnet_header_len,
-                    max_frame,
-                    batch_size: o.batch_size,
-                    dispatch: o.dispatch,
-                    send_timeout: o.send_timeout,
-                    gso_max_size: o.gso_max_size,
-                },
-                caps,
-                stats: Stats::default(),
-                closed_callback: Mutex::new(o.closed),
-                close_reason: OnceLock::new(),
-                next_rx: AtomicUsize::new(0),
-            }),
+            shared: Arc::new(Shared::new(
+                parts.channels,
+                parts.config,
+                parts.caps,
+                parts.closed,
+            )),
             readers: Mutex::new(None),
         })
     }
 
     /// The MTU: the largest network-layer packet.
     pub fn mtu(&self) -> u32 {
-        self.shared.config.mtu
+        self.shared.config().mtu()
     }
 
     /// Bytes the endpoint puts in front of each network packet: the
     /// Ethernet header (14, or 0 for IP framing) plus the virtio-net header.
     pub fn max_header_length(&self) -> usize {
-        let link = if self.shared.config.ethernet {
-            ethernet::HEADER_LEN
-        } else {
-            0
-        };
-        link + self.shared.config.vnet_len
+        let config = self.shared.config();
+        config.link_len() + config.vnet_len
     }
 
     /// The largest super-packet (IP packet) written: see
     /// [`Options::gso_max_size`]. 0 when super-packets are off.
     pub fn gso_max_size(&self) -> u32 {
-        self.shared.config.gso_max_size
+        self.shared.config().gso_max_size
+    }
+
+    /// Changes the MTU while the endpoint runs (gVisor's `SetMTU`): sends
+    /// are bounded by the new value at once, and receive buffers follow it —
+    /// a batch grows its buffers on its next receive — so a frame of the
+    /// new size is taken whole, not counted as truncated. Frames the device
+    /// queued before the change arrive as they are.
+    ///
+    /// Buffers the caller fixed ([`Options::receive_buffer_size`]) do not
+    /// follow; on `AF_PACKET` channels and with virtio headers they hold a
+    /// 64 KiB super-packet already.
+    ///
+    /// # Errors
+    /// [`OptionsError::InvalidMtu`] outside 1..=65535;
+    /// [`OptionsError::ReceiveBufferTooSmall`] when fixed receive buffers
+    /// cannot hold a frame of the new MTU.
+    pub fn set_mtu(&self, mtu: u32) -> Result<(), OptionsError> {
+        if mtu == 0 || mtu as usize > MAX_IP_PACKET {
+            return Err(OptionsError::InvalidMtu(mtu));
+        }
+        let config = self.shared.config();
+        let headers = config.vnet_len + config.link_len();
+        let max_frame = if config.fixed_max_frame {
+            let size = config.max_frame();
+            if size < headers + mtu as usize {
+                return Err(OptionsError::ReceiveBufferTooSmall {
+                    size,
+                    needed: headers + mtu as usize,
+                });
+            }
+            size
+        } else {
+            setup::max_frame_for(
+                self.shared.channels(),
+                mtu,
+                config.vnet_len,
+                config.link_len(),
+            )
+        };
+        config.set_mtu(mtu, max_frame);
+        Ok(())
+    }
+
+    /// Changes the endpoint's MAC address while it runs (gVisor's
+    /// `SetLinkAddress`): the default source of frames sent from now on and
+    /// the unicast destination accepted on receive.
+    ///
+    /// # Errors
+    /// [`OptionsError::LinkAddressWithoutEthernet`] with IP framing;
+    /// [`OptionsError::MulticastLinkAddress`] for a group address.
+    pub fn set_link_address(&self, mac: MacAddr) -> Result<(), OptionsError> {
+        let config = self.shared.config();
+        if !config.ethernet {
+            return Err(OptionsError::LinkAddressWithoutEthernet);
+        }
+        if mac.is_multicast() {
+            return Err(OptionsError::MulticastLinkAddress(mac));
+        }
+        config.set_link_address(Some(mac));
+        Ok(())
     }
 
     /// The endpoint's MAC address (Ethernet framing only).
     pub fn link_address(&self) -> Option<MacAddr> {
-        self.shared.config.link_address
+        self.shared.config().link_address()
     }
 
     /// True with Ethernet framing.
     pub fn is_ethernet(&self) -> bool {
-        self.shared.config.ethernet
+        self.shared.config().ethernet
     }
 
     /// The virtio-net header length every frame carries (0: none).
     pub fn vnet_header_len(&self) -> usize {
-        self.shared.config.vnet_len
+        self.shared.config().vnet_len
     }
 
     /// The capabilities computed from the options.
     pub fn capabilities(&self) -> Capabilities {
-        self.shared.caps
+        self.shared.caps()
     }
 
     /// Number of channels (queues).
     pub fn channel_count(&self) -> usize {
-        self.shared.channels.len()
+        self.shared.channel_count()
     }
 
     /// The largest frame a receive buffer takes (virtio and link headers
     /// included).
     pub fn max_frame_size(&self) -> usize {
-        self.shared.config.max_frame
+        self.shared.config().max_frame()
     }
 
     /// A batch sized for this endpoint: the configured batch size, buffers
@@ -351,14 +189,19 @@ impl Endpoint {
     /// dropped before they could be read
     /// ([`StatsSnapshot::kernel_drops`], one `getsockopt` per channel).
     pub fn stats(&self) -> StatsSnapshot {
-        for channel in self.shared.channels.iter().filter(|c| c.is_packet_socket()) {
+        for channel in self
+            .shared
+            .channels()
+            .iter()
+            .filter(|c| c.is_packet_socket())
+        {
             if let Some(fd) = channel.fd()
                 && let Ok(kernel) = fdlink_sys::packet::packet_stats(fd)
             {
-                self.shared.stats.kernel_dropped(u64::from(kernel.drops));
+                self.shared.stats().kernel_dropped(u64::from(kernel.drops));
             }
         }
-        self.shared.stats.snapshot()
+        self.shared.stats().snapshot()
     }
 
     /// Counts packets a layer above (offloads) dropped before they reached
@@ -370,7 +213,7 @@ impl Endpoint {
     pub fn count_send_drops(&self, reason: DropReason, packets: u64) {
         debug_assert!(!reason.is_inbound(), "{reason} is not a send drop");
         if !reason.is_inbound() {
-            self.shared.stats.drop(reason, packets);
+            self.shared.stats().drop(reason, packets);
         }
     }
 
@@ -433,17 +276,14 @@ impl Endpoint {
         mut check: impl FnMut(&mut Batch, usize) -> Result<(), DropReason>,
     ) -> Result<usize, Closed> {
         batch.clear();
+        batch.fit_buffers(self.shared.config().max_frame() + 1);
         match queue {
             Some(q) => {
                 self.shared.fill(q, batch, &mut check);
             }
             None => {
-                let n = self.shared.channels.len();
-                let start = if n > 1 {
-                    self.shared.next_rx.fetch_add(1, Ordering::Relaxed) % n
-                } else {
-                    0
-                };
+                let n = self.shared.channel_count();
+                let start = self.shared.next_rx_start();
                 for k in 0..n {
                     if batch.free_slots() == 0 {
                         break;
@@ -525,7 +365,7 @@ impl Endpoint {
         packets: &[OutPacket<'_>],
         mut refused: impl FnMut(usize, &io::Error) -> bool,
     ) -> SendOutcome {
-        let n = self.shared.channels.len();
+        let n = self.shared.channel_count();
         match queue {
             Some(q) => self.shared.send_on(q, packets, |_| true, &mut refused),
             None if n == 1 => self.shared.send_on(0, packets, |_| true, &mut refused),
@@ -550,41 +390,56 @@ impl Endpoint {
     /// refused it at run time ([`StatsSnapshot::offload_fallbacks`]), for
     /// an offload layer above.
     pub fn count_offload_fallback(&self) {
-        self.shared.stats.offload_fallback();
+        self.shared.stats().offload_fallback();
     }
 }
 
-impl Shared {
-    pub(crate) fn new_batch(&self) -> Batch {
-        Batch::new(self.config.batch_size, self.config.max_frame + 1)
-    }
-
-    pub(crate) fn is_alive(&self, q: usize) -> bool {
-        self.alive[q].load(Ordering::Acquire)
-    }
-
-    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
-        self.close_reason.get().cloned()
-    }
-
-    pub(crate) fn all_closed(&self) -> bool {
-        self.alive.iter().all(|a| !a.load(Ordering::Acquire))
-    }
-
-    /// Marks channel `q` closed; the first closure of the endpoint runs the
-    /// closed callback, exactly once.
-    pub(crate) fn channel_closed(&self, q: usize, reason: CloseReason) {
-        if !self.alive[q].swap(false, Ordering::AcqRel) {
-            return;
+impl Endpoint {
+    /// Starts one reader thread per open channel, each delivering batches to
+    /// `dispatcher` until [`Endpoint::detach`] or its channel closes.
+    ///
+    /// Attaching while attached does nothing; attaching after a detach
+    /// starts fresh readers.
+    ///
+    /// # Errors
+    /// Creating the stop event or a thread failed; nothing is left running.
+    pub fn attach(&self, dispatcher: Arc<dyn Dispatcher>) -> std::io::Result<()> {
+        let mut readers = self.readers.lock().expect("readers lock");
+        if readers.is_some() {
+            return Ok(());
         }
-        // Wake whoever sleeps on the channel. A failed signal can only mean
-        // the counter is saturated, which leaves it signalled anyway.
-        let _ = self.channels[q].closed_event.signal();
-        if self.close_reason.set(reason.clone()).is_ok() {
-            let callback = self.closed_callback.lock().expect("callback lock").take();
-            if let Some(callback) = callback {
-                callback(reason);
+        *readers = Some(Readers::start(&self.shared, dispatcher)?);
+        Ok(())
+    }
+
+    /// True while readers are attached.
+    pub fn is_attached(&self) -> bool {
+        self.readers.lock().expect("readers lock").is_some()
+    }
+
+    /// Stops the readers promptly (they wake on an eventfd) and joins them.
+    /// Does nothing when not attached.
+    pub fn detach(&self) {
+        let readers = self.readers.lock().expect("readers lock").take();
+        if let Some(readers) = readers {
+            readers.stop();
+        }
+    }
+
+    /// Blocks until every reader has ended (its channel closed, or a detach
+    /// from another thread). Returns at once when not attached.
+    pub fn wait(&self) {
+        let (stop, handles) = {
+            let mut readers = self.readers.lock().expect("readers lock");
+            match readers.as_mut() {
+                Some(r) => r.take_handles(),
+                None => return,
             }
+        };
+        handles.into_iter().for_each(join_quietly);
+        let mut readers = self.readers.lock().expect("readers lock");
+        if readers.as_ref().is_some_and(|r| r.stopped_by(&stop)) {
+            *readers = None;
         }
     }
 }

@@ -45,7 +45,7 @@
 mod batch;
 mod caps;
 mod channel;
-mod channel_setup;
+mod closure;
 mod dispatch;
 mod endpoint;
 pub mod link;
@@ -53,12 +53,15 @@ mod options;
 mod packet_io;
 mod receive;
 mod send;
+mod setup;
+mod shared;
 mod stats;
 
 pub use batch::{Batch, Packet};
 pub use caps::Capabilities;
+pub use closure::{CloseReason, Closed};
 pub use dispatch::Dispatcher;
-pub use endpoint::{CloseReason, Closed, Endpoint};
+pub use endpoint::Endpoint;
 pub use fdlink_sys::io::RxChecksum;
 pub use link::{EtherType, MacAddr};
 pub use options::{

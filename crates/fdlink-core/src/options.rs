@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::endpoint::CloseReason;
+use crate::closure::CloseReason;
 use crate::link::MacAddr;
 use crate::packet_io::PacketIo;
 

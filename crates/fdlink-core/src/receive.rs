@@ -3,15 +3,15 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fdlink_sys::wait::{Interest, PollFd};
 
 use crate::batch::Batch;
 use crate::channel::{ReadResult, WaitResult};
-use crate::endpoint::{CloseReason, Closed, Shared};
+use crate::closure::{CloseReason, Closed};
 use crate::link;
+use crate::shared::Shared;
 use crate::stats::DropReason;
 
 /// A check run on each received frame that passed the link's checks,
@@ -28,18 +28,18 @@ impl Shared {
     /// each frame (the link checks, then `check`), keeps the good ones and
     /// counts the rest. Returns how many frames were read, good or bad.
     pub(crate) fn fill(&self, q: usize, batch: &mut Batch, check: &mut Check<'_>) -> usize {
-        let channel = &self.channels[q];
+        let channel = self.channel(q);
         let mut read = 0;
         if !self.is_alive(q) {
             return read;
         }
         while batch.free_slots() > 0 {
             let asked = batch.free_slots();
-            let result = channel.read(batch, asked, self.config.dispatch);
+            let result = channel.read(batch, asked, self.config().dispatch);
             let refused = channel.take_refused();
             if refused > 0 {
-                self.stats.read(refused);
-                self.stats.drop(DropReason::InvalidVirtioHeader, refused);
+                self.stats().read(refused);
+                self.stats().drop(DropReason::InvalidVirtioHeader, refused);
             }
             let n = match result {
                 ReadResult::Frames(n) => n,
@@ -63,8 +63,10 @@ impl Shared {
     /// ones in order. A frame counts as delivered only once every check
     /// passed, so each frame read is counted exactly once.
     fn accept(&self, q: usize, batch: &mut Batch, n: usize, check: &mut Check<'_>) {
-        let vnet_len = self.config.vnet_len;
-        let eth = self.config.ethernet.then_some(self.config.link_address);
+        let config = self.config();
+        let vnet_len = config.vnet_len;
+        let max_frame = config.max_frame();
+        let eth = config.ethernet.then(|| config.link_address());
         let mut kept_bytes = 0u64;
         let mut kept = 0u64;
         for i in 0..n {
@@ -75,7 +77,7 @@ impl Shared {
             let info = infos[offset];
             let verdict = if info.outgoing {
                 Err(DropReason::Outgoing)
-            } else if info.truncated || info.len > self.config.max_frame {
+            } else if info.truncated || info.len > max_frame {
                 Err(DropReason::Truncated)
             } else if info.len < vnet_len {
                 Err(DropReason::ShortFrame)
@@ -102,12 +104,12 @@ impl Shared {
                 }
                 Err(reason) => {
                     debug_assert!(reason.is_inbound(), "{reason} is not a receive drop");
-                    self.stats.drop(reason, 1);
+                    self.stats().drop(reason, 1);
                 }
             }
         }
-        self.stats.read(n as u64);
-        self.stats.delivered(kept, kept_bytes);
+        self.stats().read(n as u64);
+        self.stats().delivered(kept, kept_bytes);
     }
 
     /// Waits until a live channel (`queue`, or any) may have input, or
@@ -140,7 +142,7 @@ impl Shared {
         let mut polled = Vec::new();
         let mut objects = Vec::new();
         for q in self.live_channels(queue) {
-            match self.channels[q].fd() {
+            match self.channel(q).fd() {
                 Some(fd) => {
                     fds.push(PollFd::new(fd, Interest::Read));
                     fds.push(self.closed_event(q));
@@ -171,7 +173,7 @@ impl Shared {
             }
             for &q in &objects {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                match self.channels[q].wait_readable(None, left) {
+                match self.channel(q).wait_readable(None, left) {
                     Ok(WaitResult::Ready) => return Ok(true),
                     Ok(_) => {}
                     Err(e) => self.channel_closed(q, CloseReason::from_error(&e)),
@@ -195,7 +197,7 @@ impl Shared {
 
     /// The poll entry of channel `q`'s closed event.
     fn closed_event(&self, q: usize) -> PollFd<'_> {
-        PollFd::new(self.channels[q].closed_event.as_fd(), Interest::Read)
+        PollFd::new(self.channel(q).closed_event.as_fd(), Interest::Read)
     }
 
     /// [`Closed`] when the channels a call is about (`queue`, or all) have
@@ -214,7 +216,7 @@ impl Shared {
     }
 
     fn live_channels(&self, queue: Option<usize>) -> impl Iterator<Item = usize> + '_ {
-        (0..self.channels.len())
+        (0..self.channel_count())
             .filter(move |q| queue.is_none_or(|only| only == *q))
             .filter(|q| self.is_alive(*q))
     }
@@ -237,11 +239,11 @@ impl Shared {
         &self,
         queue: Option<usize>,
     ) -> Option<([PollFd<'_>; SMALL_POLL_SET], usize)> {
-        let first = self.channels.first()?.fd()?;
+        let first = self.channels().first()?.fd()?;
         let mut set = [PollFd::new(first, Interest::Read); SMALL_POLL_SET];
         let mut n = 0;
-        for (q, channel) in self.channels.iter().enumerate() {
-            if queue.is_some_and(|only| only != q) || !self.alive[q].load(Ordering::Acquire) {
+        for (q, channel) in self.channels().iter().enumerate() {
+            if queue.is_some_and(|only| only != q) || !self.is_alive(q) {
                 continue;
             }
             *set.get_mut(n)? = PollFd::new(channel.fd()?, Interest::Read);

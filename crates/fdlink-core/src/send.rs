@@ -5,8 +5,9 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::endpoint::{CloseReason, Shared};
+use crate::closure::CloseReason;
 use crate::link::{EtherType, MacAddr, ethernet};
+use crate::shared::Shared;
 use crate::stats::DropReason;
 
 /// One packet to send.
@@ -114,7 +115,8 @@ impl Shared {
         pick: impl Fn(&OutPacket<'_>) -> bool,
         refused: &mut dyn FnMut(usize, &io::Error) -> bool,
     ) -> SendOutcome {
-        let channel = &self.channels[q];
+        let channel = self.channel(q);
+        let config = self.config();
         let mut scratch = channel.tx.lock().expect("tx lock");
         let scratch = &mut *scratch;
         scratch.picked.clear();
@@ -123,7 +125,7 @@ impl Shared {
             match self.check_outgoing(p) {
                 Ok(()) => scratch.picked.push(i),
                 Err(reason) => {
-                    self.stats.drop(reason, 1);
+                    self.stats().drop(reason, 1);
                     dropped += 1;
                 }
             }
@@ -133,10 +135,9 @@ impl Shared {
         let mut deadline = None;
         let zero_vnet = [0u8; 12];
         while next < scratch.picked.len() {
-            if !self.alive[q].load(Ordering::Acquire) || channel.send_closed.load(Ordering::Acquire)
-            {
+            if !self.is_alive(q) || channel.send_closed.load(Ordering::Acquire) {
                 let rest = scratch.picked.len() - next;
-                self.stats.drop(DropReason::LinkClosed, rest as u64);
+                self.stats().drop(DropReason::LinkClosed, rest as u64);
                 dropped += rest;
                 break;
             }
@@ -144,17 +145,13 @@ impl Shared {
                 [next..(next + scratch.link_headers.len()).min(scratch.picked.len())];
             for (header, &i) in scratch.link_headers.iter_mut().zip(chunk) {
                 let p = &packets[i];
-                if self.config.ethernet && !p.framed {
-                    let src = p.src.or(self.config.link_address).unwrap_or_default();
+                if config.ethernet && !p.framed {
+                    let src = p.src.or(config.link_address()).unwrap_or_default();
                     *header = ethernet::header(p.dst, src, p.protocol);
                 }
             }
-            let link_len = if self.config.ethernet {
-                ethernet::HEADER_LEN
-            } else {
-                0
-            };
-            let vnet_len = self.config.vnet_len;
+            let link_len = config.link_len();
+            let vnet_len = config.vnet_len;
             let frames = chunk.iter().zip(&scratch.link_headers).map(|(&i, header)| {
                 let p = &packets[i];
                 let vnet = if p.vnet_header.is_empty() {
@@ -174,7 +171,7 @@ impl Shared {
                             p.payload.len() + if p.framed { 0 } else { link_len }
                         })
                         .sum();
-                    self.stats.sent(k as u64, bytes as u64);
+                    self.stats().sent(k as u64, bytes as u64);
                     sent += k;
                     next += k;
                 }
@@ -187,12 +184,12 @@ impl Shared {
                     ) =>
                 {
                     let deadline =
-                        *deadline.get_or_insert_with(|| Instant::now() + self.config.send_timeout);
+                        *deadline.get_or_insert_with(|| Instant::now() + config.send_timeout);
                     let left = deadline.saturating_duration_since(Instant::now());
                     let room = !left.is_zero() && channel.wait_writable(left).unwrap_or(false);
                     if !room {
                         let rest = scratch.picked.len() - next;
-                        self.stats.drop(DropReason::SendBufferFull, rest as u64);
+                        self.stats().drop(DropReason::SendBufferFull, rest as u64);
                         dropped += rest;
                         break;
                     }
@@ -208,7 +205,7 @@ impl Shared {
                     // virtio header the kernel rejects): count it, unless
                     // the caller takes it back, and go on with the next.
                     if !refused(scratch.picked[next], &e) {
-                        self.stats.drop(DropReason::SendError, 1);
+                        self.stats().drop(DropReason::SendError, 1);
                         dropped += 1;
                     }
                     next += 1;
@@ -219,19 +216,20 @@ impl Shared {
     }
 
     fn check_outgoing(&self, p: &OutPacket<'_>) -> Result<(), DropReason> {
-        let vnet_len = self.config.vnet_len;
-        let adds_link_header = self.config.ethernet && !p.framed;
+        let config = self.config();
+        let vnet_len = config.vnet_len;
+        let adds_link_header = config.ethernet && !p.framed;
         let empty = p.payload.is_empty() && !adds_link_header;
         if empty || !(p.vnet_header.is_empty() || p.vnet_header.len() == vnet_len) {
             return Err(DropReason::InvalidFrame);
         }
-        let mtu = self.config.mtu as usize;
+        let mtu = config.mtu() as usize;
         let largest = if vnet_len > 0 {
-            mtu.max(self.config.gso_max_size as usize)
+            mtu.max(config.gso_max_size as usize)
         } else {
             mtu
         };
-        let link_len = if self.config.ethernet && p.framed {
+        let link_len = if config.ethernet && p.framed {
             ethernet::HEADER_LEN
         } else {
             0
