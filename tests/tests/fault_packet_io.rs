@@ -123,6 +123,35 @@ fn pull_with_seeded_receive_faults_accounts_for_every_frame() {
     }
 }
 
+/// Sends `f` to a push reader, waiting for room in the peer's queue as a
+/// real peer would. Returns false once an injected fatal fault has killed
+/// the reader: nothing will make room then, the queue may well be full.
+fn send_while_reader_lives(b: &MemoryPacketIo, io: &Faulty, e: &Endpoint, f: &[u8]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Checked before each try, not only after a send: the reader may
+        // die while the queue is full.
+        if io.recv_is_dead() {
+            return false;
+        }
+        match b.send(&[f]) {
+            Ok(()) => return true,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "reader stalled: endpoint closed {}, {}, {:?}",
+                    e.is_closed(),
+                    e.stats(),
+                    io.counts()
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            // The endpoint holds the other end until it is dropped.
+            Err(err) => panic!("send to a live endpoint failed: {err}"),
+        }
+    }
+}
+
 #[test]
 fn push_with_seeded_receive_faults_accounts_for_every_frame() {
     for seed in 100..124u64 {
@@ -138,21 +167,7 @@ fn push_with_seeded_receive_faults_accounts_for_every_frame() {
         }))
         .unwrap();
         for i in 0..200u32 {
-            // The queue is small: wait for room, as a real peer would.
-            let f = frame(ethernet, i as u8);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match b.send(&[&f]) {
-                    Ok(()) => break,
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                        assert!(Instant::now() < deadline, "reader stalled");
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    // The reader died (injected fatal error).
-                    Err(_) => break,
-                }
-            }
-            if io.recv_is_dead() {
+            if !send_while_reader_lives(&b, &io, &e, &frame(ethernet, i as u8)) {
                 break;
             }
         }
