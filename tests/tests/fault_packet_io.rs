@@ -123,6 +123,35 @@ fn pull_with_seeded_receive_faults_accounts_for_every_frame() {
     }
 }
 
+/// Sends `f` to a push reader, waiting for room in the peer's queue as a
+/// real peer would. Returns false once an injected fatal fault has killed
+/// the reader: nothing will make room then, the queue may well be full.
+fn send_while_reader_lives(b: &MemoryPacketIo, io: &Faulty, e: &Endpoint, f: &[u8]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Checked before each try, not only after a send: the reader may
+        // die while the queue is full.
+        if io.recv_is_dead() {
+            return false;
+        }
+        match b.send(&[f]) {
+            Ok(()) => return true,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "reader stalled: endpoint closed {}, {}, {:?}",
+                    e.is_closed(),
+                    e.stats(),
+                    io.counts()
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            // The endpoint holds the other end until it is dropped.
+            Err(err) => panic!("send to a live endpoint failed: {err}"),
+        }
+    }
+}
+
 #[test]
 fn push_with_seeded_receive_faults_accounts_for_every_frame() {
     for seed in 100..124u64 {
@@ -138,21 +167,7 @@ fn push_with_seeded_receive_faults_accounts_for_every_frame() {
         }))
         .unwrap();
         for i in 0..200u32 {
-            // The queue is small: wait for room, as a real peer would.
-            let f = frame(ethernet, i as u8);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match b.send(&[&f]) {
-                    Ok(()) => break,
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                        assert!(Instant::now() < deadline, "reader stalled");
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    // The reader died (injected fatal error).
-                    Err(_) => break,
-                }
-            }
-            if io.recv_is_dead() {
+            if !send_while_reader_lives(&b, &io, &e, &frame(ethernet, i as u8)) {
                 break;
             }
         }
@@ -217,6 +232,82 @@ fn would_block_in_the_middle_of_a_batch_loses_nothing() {
     let seen = pull_to_close(&e);
     assert_eq!(seen, 20);
     check_common(&e, &io, &log, seen);
+}
+
+/// The endpoint stops reading with packets still queued (a full batch, a
+/// WouldBlock or EINTR in the middle of one) and waits again: with
+/// level-triggered readiness that wait returns at once, so everything is
+/// delivered although nothing new arrives.
+#[test]
+fn push_reader_reads_what_it_left_queued_without_a_new_arrival() {
+    let (a, b) = memory_pair(64);
+    let script = [
+        Fault::Pass,
+        Fault::Pass,
+        Fault::WouldBlock,
+        Fault::Pass,
+        Fault::Interrupted,
+        Fault::WouldBlock,
+        Fault::Pass,
+        Fault::Interrupted,
+    ];
+    let io: Faulty = Arc::new(FaultyIo::new(a).recv_plan(Plan::script(script)));
+    let log = ClosedLog::new();
+    let e = endpoint(&io, false, &log);
+    for i in 0..20 {
+        b.send(&[&frame(false, i)]).unwrap();
+    }
+    let seen = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&seen);
+    e.attach(Arc::new(move |_q: usize, batch: &mut Batch| {
+        counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.load(Ordering::Relaxed) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "reader asleep with packets queued: {}",
+            e.stats()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    e.detach();
+    assert_eq!(seen.load(Ordering::Relaxed), 20);
+    let c = io.counts();
+    assert_eq!((c.recv_would_block, c.recv_interrupted), (2, 2), "{c:?}");
+    assert_eq!(log.calls(), 0);
+    drop(b);
+}
+
+/// The pull wait over a packet object is level-triggered too: input left
+/// unread makes it return at once, a drained queue does not.
+#[test]
+fn pull_wait_returns_at_once_while_input_is_left_unread() {
+    let (a, b) = memory_pair(64);
+    let io: Faulty = Arc::new(FaultyIo::new(a).recv_plan(Plan::after(3, Fault::WouldBlock)));
+    let log = ClosedLog::new();
+    let e = endpoint(&io, false, &log);
+    for i in 0..20 {
+        b.send(&[&frame(false, i)]).unwrap();
+    }
+    let now = Some(Duration::ZERO);
+    let mut batch = e.new_batch();
+    assert!(e.wait_readable(now).unwrap());
+    assert!(e.wait_readable(now).unwrap(), "still unread");
+    // Three, then the injected WouldBlock ends the batch early.
+    assert_eq!(e.recv_batch(&mut batch).unwrap(), 3);
+    let mut seen = 3;
+    while seen < 20 {
+        assert!(e.wait_readable(now).unwrap(), "{seen} of 20 read");
+        seen += e.recv_batch(&mut batch).unwrap();
+    }
+    assert_eq!(seen, 20);
+    assert!(!e.wait_readable(now).unwrap(), "drained");
+    drop(b);
+    assert!(e.wait_readable(now).unwrap(), "the closure is ready");
+    assert!(e.recv_batch(&mut batch).is_err());
+    check_common(&e, &io, &log, seen as u64);
 }
 
 /// EINTR from a packet object is not an error: the call should be retried.

@@ -17,6 +17,22 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError,
 ///
 /// Methods take `&self`: one reader thread and any number of senders use the
 /// object at once, as with a descriptor.
+///
+/// # Readiness is level-triggered
+///
+/// [`PacketIo::wait_readable`] reports a state, not an event: while `recv`
+/// would return a packet or report the closure, it returns `true` at once,
+/// however long that packet has been queued and whether or not an earlier
+/// wait already reported it. It may return `true` spuriously (the next
+/// `recv` then says `WouldBlock`), but never `false` while a packet waits.
+///
+/// The endpoint relies on this: it may stop reading before the queue is
+/// empty (a full batch, a `WouldBlock` or `Interrupted` in the middle of
+/// one) and wait again, expecting that wait to return at once. An object
+/// that signals only new arrivals (edge-triggered) would leave the reader
+/// asleep with packets queued; such an object must keep the level itself,
+/// for instance by remembering that it reported readiness until a `recv`
+/// finds its queue empty.
 pub trait PacketIo: Send + Sync + 'static {
     /// Receives one packet into `buf` without blocking and returns its full
     /// length. A length above `buf.len()` means the packet did not fit: only
@@ -38,8 +54,10 @@ pub trait PacketIo: Send + Sync + 'static {
     fn send(&self, parts: &[&[u8]]) -> io::Result<()>;
 
     /// Blocks until a packet may be ready or `timeout` passes; returns
-    /// whether one may be ready. Reader threads call it with short timeouts
-    /// and check for a stop request in between.
+    /// whether one may be ready. Returns `true` at once while a packet is
+    /// queued or the peer has closed (level-triggered, see above). Reader
+    /// threads call it with short timeouts and check for a stop request in
+    /// between.
     fn wait_readable(&self, timeout: Duration) -> io::Result<bool>;
 }
 
@@ -161,6 +179,41 @@ mod tests {
             b.send(&[b"x"]).unwrap_err().kind(),
             io::ErrorKind::BrokenPipe
         );
+    }
+
+    #[test]
+    fn readiness_is_level_triggered() {
+        let (a, b) = memory_pair(4);
+        let now = Duration::ZERO;
+        assert!(!b.wait_readable(now).unwrap(), "nothing queued");
+        // Queued before the wait: seen without waiting.
+        a.send(&[b"1"]).unwrap();
+        a.send(&[b"2"]).unwrap();
+        assert!(b.wait_readable(now).unwrap());
+        // Reported once, still ready until it is read.
+        assert!(b.wait_readable(now).unwrap());
+        let mut buf = [0u8; 4];
+        assert_eq!(b.recv(&mut buf).unwrap(), 1);
+        assert_eq!(&buf[..1], b"1");
+        // One packet left: ready again, with no new arrival.
+        assert!(b.wait_readable(now).unwrap());
+        assert_eq!(b.recv(&mut buf).unwrap(), 1);
+        assert_eq!(&buf[..1], b"2");
+        assert!(!b.wait_readable(now).unwrap(), "drained");
+        // The closure is a level too: ready until and after it is read.
+        a.send(&[b"3"]).unwrap();
+        drop(a);
+        assert!(b.wait_readable(now).unwrap());
+        assert!(b.wait_readable(now).unwrap());
+        assert_eq!(b.recv(&mut buf).unwrap(), 1);
+        assert_eq!(&buf[..1], b"3");
+        for _ in 0..2 {
+            assert!(b.wait_readable(now).unwrap());
+            assert_eq!(
+                b.recv(&mut buf).unwrap_err().kind(),
+                io::ErrorKind::UnexpectedEof
+            );
+        }
     }
 
     #[test]
