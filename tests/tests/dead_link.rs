@@ -33,6 +33,7 @@ use fdlink_sys::fd::{SocketType, socketpair};
 use fdlink_sys::tun::{OffloadFlags, TunConfig};
 use fdlink_tests::faults::{ClosedLog, Fault, FaultyIo, Plan, under_valgrind};
 use fdlink_tests::netns::{Netns, read_until, require_root};
+use fdlink_tests::procfs::thread_cpu_time;
 use fdlink_tests::tun::open_in;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
@@ -125,24 +126,6 @@ fn ping_request(seq: u16) -> Vec<u8> {
 /// True for an ICMP echo reply from the stack.
 fn is_ping_reply(p: &[u8]) -> bool {
     p.len() >= 28 && p[0] >> 4 == 4 && p[9] == 1 && p[12..16] == STACK_ADDR && p[20] == 0
-}
-
-/// The calling thread's CPU time so far: `/proc/thread-self/schedstat`
-/// (nanoseconds on a CPU), or `utime + stime` of `/proc/thread-self/stat`
-/// (clock ticks, 100 per second) where schedstat is missing.
-fn thread_cpu_time() -> Duration {
-    if let Ok(s) = std::fs::read_to_string("/proc/thread-self/schedstat")
-        && let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok())
-    {
-        return Duration::from_nanos(ns);
-    }
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
-    // The command name may hold spaces and parentheses: fields are counted
-    // from after its closing parenthesis (field 3, the state, comes first).
-    let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
 }
 
 /// Runs the poll loop as an application would (sleeping up to
@@ -509,4 +492,27 @@ fn packet_object_whose_wait_fails_ends_the_poll_loop() {
     assert_eq!(reason, expected, "{what}");
     check_dead(&mut stack, &log, &expected, what);
     drop(peer);
+}
+
+/// A wait over a descriptor channel and a packet object that has failed
+/// sleeps on the descriptor for its time, rather than polling it in a loop.
+#[test]
+fn a_wait_left_with_descriptors_only_sleeps() {
+    let (ours, _peer) = socketpair(SocketType::SeqPacket).unwrap();
+    let (object, _object_peer) = fdlink_core::memory_pair(4);
+    let failing = FaultyIo::new(object).wait_plan(Plan::script([Fault::HardError]));
+    let e = Endpoint::new(Options::new().fd(ours).packet_io(failing)).unwrap();
+    let cpu = thread_cpu_time();
+    let started = Instant::now();
+    let ready = e.wait_readable(Some(Duration::from_millis(400))).unwrap();
+    let waited = started.elapsed();
+    let used = thread_cpu_time() - cpu;
+    assert!(!ready, "nothing arrived");
+    assert!(waited >= Duration::from_millis(350), "waited {waited:?}");
+    assert_eq!(e.channel_count(), 2);
+    assert!(!e.is_closed(), "the descriptor channel is still open");
+    assert!(
+        under_valgrind() || used < Duration::from_millis(100),
+        "{used:?} of CPU in a {waited:?} wait"
+    );
 }

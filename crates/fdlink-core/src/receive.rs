@@ -181,8 +181,17 @@ impl Shared {
             }
             objects.retain(|&q| self.is_alive(q));
             self.check_open(queue)?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
                 return Ok(false);
+            }
+            if objects.is_empty() {
+                // Only descriptors are left: sleep on them for the rest of
+                // the time instead of polling them in a loop.
+                return match fdlink_sys::wait::poll(&mut fds, left) {
+                    Ok(ready) => self.woke(queue, ready),
+                    Err(e) => self.close_all(&polled, &e),
+                };
             }
         }
     }
