@@ -336,12 +336,35 @@ fn mmap_carries_the_virtio_header_in_front() {
         assert_eq!(hdr.gso_type, 0, "{mode}: {hdr:?}");
         assert_eq!(payload, b"with a virtio header");
     }
-    // A ring must agree with the endpoint about the header.
-    let err = Endpoint::new(v.options(v.sockets(1, true), DispatchMode::Mmap)).unwrap_err();
-    assert!(
-        matches!(err, OptionsError::Descriptor { channel: 0, .. }),
-        "{err:?}"
-    );
+    // The socket and the options must agree about the header, in every
+    // mode: a typed error, not frames misread and dropped.
+    for mode in MODES {
+        let err = Endpoint::new(v.options(v.sockets(1, true), mode)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OptionsError::VnetHeaderMismatch {
+                    channel: 0,
+                    device: 10,
+                    options: 0
+                }
+            ),
+            "{mode}: {err:?}"
+        );
+        let err =
+            Endpoint::new(v.options(v.sockets(1, false), mode).vnet_header_len(10)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OptionsError::VnetHeaderMismatch {
+                    channel: 0,
+                    device: 0,
+                    options: 10
+                }
+            ),
+            "{mode}: {err:?}"
+        );
+    }
 }
 
 #[test]

@@ -460,3 +460,74 @@ fn dropping_a_tun_endpoint_closes_its_queues() {
         "the device went away with its last queue"
     );
 }
+
+/// The endpoint asks the kernel what each TUN/TAP queue really carries: a
+/// device opened with virtio headers under options without them (or the
+/// reverse), or with the wrong framing, is a typed error, not a stream of
+/// silently dropped frames.
+#[test]
+fn a_device_that_disagrees_with_the_options_is_refused() {
+    if !require_root("a_device_that_disagrees_with_the_options_is_refused") {
+        return;
+    }
+    let _g = serial();
+    let cases: [(bool, bool, fn(Options) -> Options); 4] = [
+        (false, true, |o| o),
+        (false, false, |o| o.vnet_header_len(10)),
+        (true, false, |o| o),
+        (false, false, |o| o.ethernet(true)),
+    ];
+    for (tap, vnet, options) in cases {
+        let (_ns, fds) = device("fdlmis0", tap, 1, vnet, "10.46.0.1/24");
+        let err = Endpoint::new(options(Options::new().fds(fds))).unwrap_err();
+        match (tap, vnet) {
+            (false, true) => assert!(
+                matches!(
+                    err,
+                    OptionsError::VnetHeaderMismatch {
+                        device: 10,
+                        options: 0,
+                        ..
+                    }
+                ),
+                "{err}"
+            ),
+            (true, _) => assert!(
+                matches!(
+                    err,
+                    OptionsError::FramingMismatch {
+                        device: "a TAP",
+                        ..
+                    }
+                ),
+                "{err}"
+            ),
+            _ => assert!(
+                matches!(
+                    err,
+                    OptionsError::VnetHeaderMismatch { device: 0, .. }
+                        | OptionsError::FramingMismatch {
+                            device: "a TUN",
+                            ..
+                        }
+                ),
+                "{err}"
+            ),
+        }
+    }
+    // A 12-byte header (TUNSETVNETHDRSZ) is read back as such.
+    let (_ns, fds) = device("fdlmis0", false, 1, true, "10.46.0.1/24");
+    fdlink_sys::tun::set_vnet_hdr_size(std::os::fd::AsFd::as_fd(&fds[0]), 12).unwrap();
+    let err = Endpoint::new(Options::new().fds(fds).vnet_header_len(10)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OptionsError::VnetHeaderMismatch {
+                device: 12,
+                options: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -49,11 +49,14 @@ impl Endpoint {
     /// batch size out of range, a link address without Ethernet or a
     /// multicast one, a virtio header length other than 0/10/12, a receive
     /// buffer too small, a stream socket, `recvmmsg` on a non-socket, `mmap`
-    /// on anything but an `AF_PACKET` socket, or a descriptor that cannot
-    /// be inspected or configured (the mmap ring, the fanout group).
+    /// on anything but an `AF_PACKET` socket, a device whose virtio-net
+    /// header or framing differs from the options (asked of the kernel, so a
+    /// TUN opened with `IFF_VNET_HDR` under options without a header is
+    /// refused here rather than every frame dropped), or a descriptor that
+    /// cannot be inspected or configured (the mmap ring, the fanout group).
     ///
     /// Several `AF_PACKET` sockets are joined into one hash fanout group
-    /// here (see [`Options::fds`]); with [`DispatchMode::Mmap`] each socket
+    /// here (see [`Options::fds`]); with [`crate::DispatchMode::Mmap`] each socket
     /// gets its receive ring here.
     pub fn new(options: Options) -> Result<Self, OptionsError> {
         let parts = setup::build(options)?;

@@ -280,6 +280,27 @@ pub enum OptionsError {
         /// The MTU it must not be below.
         mtu: u32,
     },
+    /// A device's virtio-net header setting differs from the options'
+    /// ([`Options::vnet_header_len`]): the device (a TUN/TAP with or
+    /// without `IFF_VNET_HDR`, an `AF_PACKET` socket with or without
+    /// `PACKET_VNET_HDR`) would put headers the endpoint does not expect,
+    /// or none where it expects them.
+    VnetHeaderMismatch {
+        /// Index of the channel.
+        channel: usize,
+        /// The header length the device uses (0: none).
+        device: usize,
+        /// The header length the options give.
+        options: usize,
+    },
+    /// A TUN given with Ethernet framing, or a TAP without
+    /// ([`Options::ethernet`]).
+    FramingMismatch {
+        /// Index of the channel.
+        channel: usize,
+        /// What the device is.
+        device: &'static str,
+    },
     /// The receive buffer cannot hold one MTU-sized frame.
     ReceiveBufferTooSmall {
         /// The requested size.
@@ -331,6 +352,19 @@ impl fmt::Display for OptionsError {
             OptionsError::InvalidGsoMaxSize { size, mtu } => write!(
                 f,
                 "GSO size {size} is neither 0 (off) nor within {mtu}..=65535 (the MTU to the largest IP packet)"
+            ),
+            OptionsError::VnetHeaderMismatch {
+                channel,
+                device,
+                options,
+            } => write!(
+                f,
+                "channel {channel}: the device carries a {device}-byte virtio-net header, the options {options} (0: none)"
+            ),
+            OptionsError::FramingMismatch { channel, device } => write!(
+                f,
+                "channel {channel} is {device}: Ethernet framing must be {}",
+                if *device == "a TAP" { "on" } else { "off" }
             ),
             OptionsError::ReceiveBufferTooSmall { size, needed } => write!(
                 f,

@@ -89,6 +89,7 @@ pub(crate) fn build(options: Options) -> Result<Parts, OptionsError> {
                 };
                 let kind = fdlink_sys::fd::fd_kind(fd.as_fd()).map_err(described)?;
                 check_kind(index, kind, o.dispatch)?;
+                check_device(index, fd.as_fd(), kind, o.vnet_header_len, o.ethernet)?;
                 fdlink_sys::fd::set_nonblocking(fd.as_fd()).map_err(described)?;
                 Io::Fd { fd, kind }
             }
@@ -187,7 +188,8 @@ const RING_BYTES_BUDGET: usize = 8 << 20;
 
 /// Attaches and maps a receive ring to AF_PACKET socket `fd`: slots for the
 /// endpoint's largest frame, four batches of them (fewer for large slots,
-/// down to one batch).
+/// down to one batch). The socket's virtio-net header setting was checked
+/// against the endpoint's already.
 pub(crate) fn attach_ring(
     fd: std::os::fd::BorrowedFd<'_>,
     vnet_len: usize,
@@ -195,17 +197,6 @@ pub(crate) fn attach_ring(
     max_frame: usize,
     batch_size: usize,
 ) -> io::Result<RxRing> {
-    let vnet_on = fdlink_sys::packet::vnet_hdr_enabled(fd)?;
-    if vnet_on != (vnet_len > 0) || vnet_len > crate::link::VNET_HDR_LEN {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "the socket's PACKET_VNET_HDR is {} but the endpoint's virtio header length is {vnet_len} \
-                 (an AF_PACKET ring carries a 10-byte header exactly when PACKET_VNET_HDR is on)",
-                if vnet_on { "on" } else { "off" }
-            ),
-        ));
-    }
     let max_ip = max_frame.saturating_sub(vnet_len + link_len);
     let probe = RingConfig::for_packet_len(max_ip, 1, vnet_len > 0);
     let count = (4 * batch_size)
@@ -281,6 +272,52 @@ pub(crate) fn join_fanout_group(channels: &[Channel]) -> Result<(), OptionsError
             }
             Err(source) => return Err(OptionsError::Descriptor { channel, source }),
         }
+    }
+    Ok(())
+}
+
+/// Refuses a descriptor whose device disagrees with the options: a TUN/TAP
+/// or `AF_PACKET` socket whose virtio-net header setting is not the one the
+/// options give (every frame would be misread and dropped), or a TUN with
+/// Ethernet framing, a TAP without. Asks the kernel (`TUNGETIFF`,
+/// `PACKET_VNET_HDR`); a character device that is no TUN/TAP is left be.
+fn check_device(
+    channel: usize,
+    fd: std::os::fd::BorrowedFd<'_>,
+    kind: FdKind,
+    vnet_len: usize,
+    ethernet: bool,
+) -> Result<(), OptionsError> {
+    let device_vnet_len = match kind {
+        FdKind::CharDevice => match fdlink_sys::tun::tun_info(fd) {
+            Ok(info) => {
+                let device_ethernet = info.kind == fdlink_sys::tun::TunKind::Tap;
+                if device_ethernet != ethernet {
+                    return Err(OptionsError::FramingMismatch {
+                        channel,
+                        device: if device_ethernet { "a TAP" } else { "a TUN" },
+                    });
+                }
+                info.vnet_hdr_len
+            }
+            Err(_) => return Ok(()),
+        },
+        FdKind::Socket {
+            domain: Domain::Packet,
+            ..
+        } => match fdlink_sys::packet::vnet_hdr_enabled(fd) {
+            Ok(true) => crate::link::VNET_HDR_LEN,
+            Ok(false) => 0,
+            Err(source) => return Err(OptionsError::Descriptor { channel, source }),
+        },
+        _ => return Ok(()),
+    };
+    if device_vnet_len != vnet_len {
+        return Err(OptionsError::VnetHeaderMismatch {
+            channel,
+            device: device_vnet_len,
+            options: vnet_len,
+        });
     }
     Ok(())
 }

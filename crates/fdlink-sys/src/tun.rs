@@ -20,8 +20,9 @@
 //! [`TunConfig::nonblocking`] is set.
 //!
 //! Interface names and indices are per network namespace: a device is created
-//! in, and [`if_index`], [`if_mtu`] and [`if_hwaddr`] look names up in, the
-//! network namespace of the calling thread.
+//! in, and the queries of [`crate::netdev`] look names up in, the network
+//! namespace of the calling thread. [`tun_info`] asks the kernel what a
+//! descriptor is attached to.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -428,6 +429,54 @@ fn tun_set_offload(fd: BorrowedFd<'_>, flags: OffloadFlags) -> io::Result<()> {
         )
     })?;
     Ok(())
+}
+
+/// What a TUN/TAP descriptor is attached to (`TUNGETIFF`): the device's
+/// name and kind, and the virtio-net header every packet on it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TunInfo {
+    /// The interface name.
+    pub name: String,
+    /// TUN (IP packets) or TAP (Ethernet frames).
+    pub kind: TunKind,
+    /// Bytes of virtio-net header in front of each packet: 0 without
+    /// `IFF_VNET_HDR`, else the device's `TUNGETVNETHDRSZ` (10 or 12).
+    pub vnet_hdr_len: usize,
+    /// Opened with `IFF_MULTI_QUEUE`.
+    pub multi_queue: bool,
+}
+
+/// Asks the kernel what TUN/TAP device `fd` is attached to (`TUNGETIFF`,
+/// and `TUNGETVNETHDRSZ` when it carries virtio-net headers): the truth
+/// about a descriptor whatever its caller believes.
+///
+/// Errors: the kernel's: `ENOTTY` or `EINVAL` for a descriptor that is not
+/// a TUN/TAP, `EBADFD` for one attached to no device (deleted, or never
+/// set up).
+pub fn tun_info(fd: BorrowedFd<'_>) -> io::Result<TunInfo> {
+    let mut req = IfReq::new("")?;
+    // SAFETY: TUNGETIFF writes one `struct ifreq` (name and flags) through
+    // the pointer, which points to a live, exclusively borrowed `IfReq` of
+    // exactly that size.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF, &mut req as *mut IfReq) })?;
+    // SAFETY: TUNGETIFF succeeded and stored `ifr_flags`, a plain integer.
+    let flags = unsafe { req.data.flags };
+    let vnet_hdr_len = if flags & IFF_VNET_HDR != 0 {
+        vnet_hdr_size(fd)?
+    } else {
+        0
+    };
+    Ok(TunInfo {
+        name: req.name(),
+        kind: if flags & IFF_TAP != 0 {
+            TunKind::Tap
+        } else {
+            TunKind::Tun
+        },
+        vnet_hdr_len,
+        multi_queue: flags & IFF_MULTI_QUEUE != 0,
+    })
 }
 
 /// Sets the size of the virtio-net header on a device opened with
