@@ -20,7 +20,8 @@
 //! [`TunConfig::nonblocking`] is set.
 //!
 //! Interface names and indices are per network namespace: a device is created
-//! in, and [`if_index`], [`if_mtu`] and [`if_hwaddr`] look names up in, the
+//! in, and [`if_index`](crate::netdev::if_index), [`if_mtu`](crate::netdev::if_mtu)
+//! and [`if_hwaddr`](crate::netdev::if_hwaddr) look names up in, the
 //! network namespace of the calling thread.
 
 use std::fmt;
