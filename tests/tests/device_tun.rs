@@ -471,7 +471,8 @@ fn a_device_that_disagrees_with_the_options_is_refused() {
         return;
     }
     let _g = serial();
-    let cases: [(bool, bool, fn(Options) -> Options); 4] = [
+    type SetOptions = fn(Options) -> Options;
+    let cases: [(bool, bool, SetOptions); 4] = [
         (false, true, |o| o),
         (false, false, |o| o.vnet_header_len(10)),
         (true, false, |o| o),

@@ -17,6 +17,9 @@
 //! - [`tun`]: TUN/TAP devices, multi-queue, virtio-net headers and offloads.
 //! - [`packet`]: `AF_PACKET` sockets, fanout groups, virtio-net headers.
 //! - [`ring`]: the `AF_PACKET` mmap receive ring.
+//! - [`netdev`]: an interface's index, MTU and MAC address, by name.
+//! - [`netlink`]: an interface's own changes (MTU, MAC address, up,
+//!   removal) as the kernel announces them on a `NETLINK_ROUTE` socket.
 //!
 //! # Kernel features and fallbacks
 //!
@@ -41,6 +44,11 @@
 //!   `TP_STATUS_CSUM_VALID` before Linux 4.1, other sockets) it reads
 //!   `Unknown`, meaning "verify it yourself".
 //! - Ring sizes follow the running kernel's page size.
+//! - Link announcements (`RTMGRP_LINK` on `NETLINK_ROUTE`, every kernel
+//!   fdlink runs on): a socket that overflows loses announcements, so on
+//!   the kernel's `ENOBUFS` (or a datagram too large for the buffer) the
+//!   watch asks for the interface's state with `RTM_GETLINK` and reports
+//!   it; a kernel that answers `ENODEV` reports a removal.
 //!
 //! # Example
 //!
@@ -68,6 +76,7 @@ pub mod io;
 mod meta;
 pub mod mmsg;
 pub mod netdev;
+pub mod netlink;
 pub mod packet;
 pub mod ring;
 pub mod tun;

@@ -13,8 +13,8 @@ use crate::cvt;
 pub(crate) const IFNAMSIZ: usize = 16;
 
 /// Hardware type of an Ethernet-like device in `sa_family` of
-/// `SIOCGIFHWADDR` (`ARPHRD_ETHER`).
-const ARPHRD_ETHER: libc::sa_family_t = 1;
+/// `SIOCGIFHWADDR` and `ifi_type` of a link message (`ARPHRD_ETHER`).
+pub(crate) const ARPHRD_ETHER: libc::sa_family_t = 1;
 
 /// `struct ifreq` with the members this crate uses. Its size equals the
 /// kernel's (checked below), so the kernel never reads or writes past it.
