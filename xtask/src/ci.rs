@@ -222,10 +222,11 @@ fn forget_unpacked_packages() -> Result<(), String> {
         || cmd::workspace_root().join("target"),
         std::path::PathBuf::from,
     );
-    let packaged = target.join("package");
-    if packaged.exists() {
-        std::fs::remove_dir_all(&packaged)
-            .map_err(|e| format!("removing {}: {e}", packaged.display()))?;
+    for packaged in [target.join("package"), verify_target_dir()] {
+        if packaged.exists() {
+            std::fs::remove_dir_all(&packaged)
+                .map_err(|e| format!("removing {}: {e}", packaged.display()))?;
+        }
     }
     let home = std::env::var_os("CARGO_HOME")
         .map(std::path::PathBuf::from)

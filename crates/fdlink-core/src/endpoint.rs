@@ -4,14 +4,18 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::BorrowedFd;
+
+use fdlink_sys::netlink::LinkWatch;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::batch::Batch;
-use crate::caps::Capabilities;
+use crate::caps::{Capabilities, DeviceOffloads};
 use crate::closure::{CloseReason, Closed};
 use crate::dispatch::{Dispatcher, Readers, join_quietly};
-use crate::link::{MAX_IP_PACKET, MacAddr};
+use crate::follow::Follower;
+use crate::link::MacAddr;
 use crate::options::{Options, OptionsError};
 use crate::send::{OutPacket, SendOutcome};
 use crate::setup;
@@ -27,6 +31,8 @@ use crate::stats::{DropReason, StatsSnapshot};
 pub struct Endpoint {
     shared: Arc<Shared>,
     readers: Mutex<Option<Readers>>,
+    /// Follows the device's own changes ([`crate::Link::follow_device`]).
+    follower: Mutex<Option<Follower>>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -68,7 +74,34 @@ impl Endpoint {
                 parts.closed,
             )),
             readers: Mutex::new(None),
+            follower: Mutex::new(None),
         })
+    }
+
+    /// Starts following `watch`'s device (see [`crate::Link::follow_device`]).
+    pub(crate) fn follow(&self, watch: LinkWatch) -> io::Result<()> {
+        let follow_mac = self.shared.channels().iter().any(|c| c.is_packet_socket());
+        let follower = Follower::start(Arc::clone(&self.shared), watch, follow_mac)?;
+        *self.follower.lock().unwrap_or_else(|e| e.into_inner()) = Some(follower);
+        Ok(())
+    }
+
+    /// The descriptor of queue `queue`, for an event loop to watch (a tokio
+    /// `AsyncFd`, a mio registration): readable means [`Endpoint::recv_batch_from`]
+    /// may find packets. `None` for a packet object, which has no descriptor.
+    ///
+    /// The descriptor stays the endpoint's: register it, never close it,
+    /// and keep it non-blocking.
+    ///
+    /// # Panics
+    /// When `queue` is not below [`Endpoint::channel_count`].
+    pub fn queue_fd(&self, queue: usize) -> Option<BorrowedFd<'_>> {
+        self.shared.channel(queue).fd()
+    }
+
+    /// What the device took of the offloads (see [`Options::device_offloads`]).
+    pub fn device_offloads(&self) -> DeviceOffloads {
+        self.shared.config().device_offloads
     }
 
     /// The MTU: the largest network-layer packet.
@@ -104,30 +137,7 @@ impl Endpoint {
     /// [`OptionsError::ReceiveBufferTooSmall`] when fixed receive buffers
     /// cannot hold a frame of the new MTU.
     pub fn set_mtu(&self, mtu: u32) -> Result<(), OptionsError> {
-        if mtu == 0 || mtu as usize > MAX_IP_PACKET {
-            return Err(OptionsError::InvalidMtu(mtu));
-        }
-        let config = self.shared.config();
-        let headers = config.vnet_len + config.link_len();
-        let max_frame = if config.fixed_max_frame {
-            let size = config.max_frame();
-            if size < headers + mtu as usize {
-                return Err(OptionsError::ReceiveBufferTooSmall {
-                    size,
-                    needed: headers + mtu as usize,
-                });
-            }
-            size
-        } else {
-            setup::max_frame_for(
-                self.shared.channels(),
-                mtu,
-                config.vnet_len,
-                config.link_len(),
-            )
-        };
-        config.set_mtu(mtu, max_frame);
-        Ok(())
+        setup::set_mtu(&self.shared, mtu)
     }
 
     /// Changes the endpoint's MAC address while it runs (gVisor's

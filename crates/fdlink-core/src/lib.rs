@@ -48,7 +48,9 @@ mod channel;
 mod closure;
 mod dispatch;
 mod endpoint;
+mod follow;
 pub mod link;
+mod open;
 mod options;
 mod packet_io;
 mod receive;
@@ -58,12 +60,13 @@ mod shared;
 mod stats;
 
 pub use batch::{Batch, Packet};
-pub use caps::Capabilities;
+pub use caps::{Capabilities, DeviceOffloads};
 pub use closure::{CloseReason, Closed};
 pub use dispatch::Dispatcher;
 pub use endpoint::Endpoint;
 pub use fdlink_sys::io::RxChecksum;
 pub use link::{EtherType, MacAddr};
+pub use open::{Link, Offload, OpenError};
 pub use options::{
     ClosedCallback, DEFAULT_BATCH_SIZE, DEFAULT_GSO_MAX_SIZE, DEFAULT_MTU, DEFAULT_SEND_TIMEOUT,
     DispatchMode, MAX_BATCH_SIZE, Options, OptionsError,

@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::caps::DeviceOffloads;
 use crate::closure::CloseReason;
 use crate::link::MacAddr;
 use crate::packet_io::PacketIo;
@@ -93,6 +94,7 @@ pub struct Options {
     pub(crate) link_address: Option<MacAddr>,
     pub(crate) closed: Option<ClosedCallback>,
     pub(crate) gso_max_size: u32,
+    pub(crate) device_offloads: Option<DeviceOffloads>,
     pub(crate) dispatch: DispatchMode,
     pub(crate) batch_size: usize,
     pub(crate) vnet_header_len: usize,
@@ -109,6 +111,7 @@ impl Default for Options {
             link_address: None,
             closed: None,
             gso_max_size: DEFAULT_GSO_MAX_SIZE,
+            device_offloads: None,
             dispatch: DispatchMode::Readv,
             batch_size: DEFAULT_BATCH_SIZE,
             vnet_header_len: 0,
@@ -164,6 +167,21 @@ impl Options {
     /// mode.
     pub fn fds(mut self, fds: impl IntoIterator<Item = OwnedFd>) -> Self {
         self.channels.extend(fds.into_iter().map(ChannelSource::Fd));
+        self
+    }
+
+    /// Adds a channel over a shared packet object.
+    pub(crate) fn packet_io_shared(mut self, io: Arc<dyn PacketIo>) -> Self {
+        self.channels.push(ChannelSource::Io(io));
+        self
+    }
+
+    /// What the device took of the offloads asked for (for a TUN/TAP, what
+    /// `TUNSETOFFLOAD` returned): the offload layer segments the kinds it
+    /// lacks in software. [`crate::Link::open`] sets it; by default a link
+    /// with virtio-net headers is taken to accept every kind.
+    pub fn device_offloads(mut self, offloads: DeviceOffloads) -> Self {
+        self.device_offloads = Some(offloads);
         self
     }
 

@@ -10,13 +10,13 @@ use fdlink_sys::fd::{Domain, FdKind, SocketType};
 use fdlink_sys::packet::FanoutMode;
 use fdlink_sys::ring::{RingConfig, RxRing};
 
-use crate::caps::Capabilities;
+use crate::caps::{Capabilities, DeviceOffloads};
 use crate::channel::{Channel, Io, RingRx};
 use crate::link::{MAX_IP_PACKET, ethernet};
 use crate::options::{
     ChannelSource, ClosedCallback, DispatchMode, MAX_BATCH_SIZE, Options, OptionsError,
 };
-use crate::shared::Config;
+use crate::shared::{Config, Shared};
 
 /// Virtio-net header lengths a channel may carry: none, the plain header,
 /// the mergeable-buffers form.
@@ -157,6 +157,11 @@ pub(crate) fn build(options: Options) -> Result<Parts, OptionsError> {
             o.dispatch,
             o.send_timeout,
             o.gso_max_size,
+            o.device_offloads.unwrap_or(if o.vnet_header_len > 0 {
+                DeviceOffloads::ALL
+            } else {
+                DeviceOffloads::NONE
+            }),
         ),
         caps,
         closed: o.closed,
@@ -353,4 +358,28 @@ pub(crate) fn check_kind(
         }),
         _ => Ok(()),
     }
+}
+
+/// [`crate::Endpoint::set_mtu`]: the new MTU, and the receive buffer size
+/// that follows it (unless the caller fixed it).
+pub(crate) fn set_mtu(shared: &Shared, mtu: u32) -> Result<(), OptionsError> {
+    if mtu == 0 || mtu as usize > MAX_IP_PACKET {
+        return Err(OptionsError::InvalidMtu(mtu));
+    }
+    let config = shared.config();
+    let headers = config.vnet_len + config.link_len();
+    let max_frame = if config.fixed_max_frame {
+        let size = config.max_frame();
+        if size < headers + mtu as usize {
+            return Err(OptionsError::ReceiveBufferTooSmall {
+                size,
+                needed: headers + mtu as usize,
+            });
+        }
+        size
+    } else {
+        max_frame_for(shared.channels(), mtu, config.vnet_len, config.link_len())
+    };
+    config.set_mtu(mtu, max_frame);
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::batch::Batch;
-use crate::caps::Capabilities;
+use crate::caps::{Capabilities, DeviceOffloads};
 use crate::channel::Channel;
 use crate::closure::CloseReason;
 use crate::link::{MacAddr, ethernet};
@@ -27,6 +27,8 @@ pub(crate) struct Config {
     pub(crate) dispatch: DispatchMode,
     pub(crate) send_timeout: Duration,
     pub(crate) gso_max_size: u32,
+    /// What the device took of the offloads.
+    pub(crate) device_offloads: DeviceOffloads,
     /// The receive buffer size was given by the caller: it does not follow
     /// the MTU.
     pub(crate) fixed_max_frame: bool,
@@ -53,6 +55,7 @@ impl Config {
         dispatch: DispatchMode,
         send_timeout: Duration,
         gso_max_size: u32,
+        device_offloads: DeviceOffloads,
     ) -> Self {
         Config {
             ethernet,
@@ -61,6 +64,7 @@ impl Config {
             dispatch,
             send_timeout,
             gso_max_size,
+            device_offloads,
             fixed_max_frame,
             mtu: AtomicU32::new(mtu),
             max_frame: AtomicUsize::new(max_frame),
