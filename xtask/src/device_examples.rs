@@ -1,4 +1,5 @@
-//! Runs the examples that need a real device (`dump`, `echo`) against TUN
+//! Runs the examples that need a real device (`dump`, `echo`,
+//! `tun_offload`) against TUN
 //! devices in a network namespace made for the purpose, so they never rot:
 //! each does its job, and each exits promptly — non-zero, with one line on
 //! stderr saying the link closed — when its TUN is deleted under it.
@@ -38,10 +39,20 @@ pub(crate) fn run() -> Result<(), String> {
         "fdlink-smoltcp",
         "--example",
         "echo",
+        "--example",
+        "tun_offload",
     ]))?;
     let ns = Namespace::new()?;
     dump(&ns)?;
     echo(&ns)?;
+    tun_offload(&ns)?;
+    exits_when_tun_deleted(
+        &ns,
+        "tun_offload",
+        &["fdx5", "10.82.0.2/24"],
+        "fdx5",
+        "10.82.0.1/24",
+    )?;
     exits_when_tun_deleted(&ns, "dump", &["--tun", "fdx2"], "fdx2", "10.79.0.1/24")?;
     exits_when_tun_deleted(
         &ns,
@@ -88,6 +99,23 @@ fn echo(ns: &Namespace) -> Result<(), String> {
     let out = finish(child, lines, "echo")?;
     ping.map_err(|e| format!("echo did not answer ping: {e}"))?;
     check(&out, &["stats "], "echo")
+}
+
+/// `tun_offload` echoes what a kernel TCP client sends to port 7 (bash's
+/// `/dev/tcp` is the client: no tool to install).
+fn tun_offload(ns: &Namespace) -> Result<(), String> {
+    let mut child = ns.spawn(&example("tun_offload"), &["fdx4", "10.81.0.2/24"])?;
+    let lines = wait_ready(&mut child, "tun_offload")?;
+    ns.ip(&["addr", "add", "10.81.0.1/24", "dev", "fdx4"])?;
+    ns.ip(&["link", "set", "fdx4", "up"])?;
+    let script = "exec 3<>/dev/tcp/10.81.0.2/7 && printf 'echoed by fdlink\\n' >&3 \
+                  && read -r -t 5 reply <&3 && [ \"$reply\" = 'echoed by fdlink' ]";
+    let echoed = ns.exec("timeout", &["10", "bash", "-c", script]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = finish(child, lines, "tun_offload");
+    echoed.map_err(|e| format!("tun_offload did not echo over TCP: {e}"))
 }
 
 /// Starts example `name` on TUN `tun`, waits for `ready`, deletes the TUN
@@ -139,7 +167,7 @@ fn exits_when_tun_deleted(
         ));
     }
     match err_lines.as_slice() {
-        [line] if !line.trim().is_empty() && line.contains("closed") => {
+        [line] if !line.trim().is_empty() && line.to_lowercase().contains("closed") => {
             println!("{what}: exited with {status} {took:?} after the deletion: {line}");
             Ok(())
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fdlink_core::link::ethernet;
-use fdlink_core::{CloseReason, Closed, Endpoint, SendOutcome};
+use fdlink_core::{CloseReason, Closed, Endpoint, Link, OpenError, SendOutcome};
 use fdlink_gso::offload::{GsoKinds, OffloadConfig, OffloadEndpoint, Receiver, RxPacket, Sender};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
@@ -106,14 +106,46 @@ pub struct FdlinkDevice {
     queue: Option<usize>,
     rx: Receiver,
     tx: Sender,
-    caps: DeviceCapabilities,
+    /// Advertise smoltcp's TCP segmentation offload ([`DeviceConfig::gso`]).
+    gso: bool,
     busy_poll: Duration,
     /// Set once the link (this device's queue) has closed and everything
     /// queued before the closure was handed to smoltcp.
     closed: Option<CloseReason>,
+    /// The MTU the interface [`crate::poll`] drives was made with.
+    interface_mtu: Option<u32>,
 }
 
 impl FdlinkDevice {
+    /// Opens `link` ([`Link::open`]) and makes a device over all its
+    /// queues: one call from a device's name to a smoltcp device.
+    ///
+    /// ```no_run
+    /// use fdlink_core::{Link, Offload};
+    /// use fdlink_smoltcp::{DeviceConfig, FdlinkDevice};
+    ///
+    /// let device = FdlinkDevice::open(
+    ///     Link::tun("tun0").offload(Offload::Auto),
+    ///     DeviceConfig::default(),
+    /// )?;
+    /// # Ok::<(), fdlink_core::OpenError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// What [`Link::open`] returns.
+    pub fn open(link: Link, config: DeviceConfig) -> Result<Self, OpenError> {
+        Ok(Self::new(link.open()?, config))
+    }
+
+    /// Opens `link` and makes one device per queue
+    /// ([`FdlinkDevice::per_queue`]).
+    ///
+    /// # Errors
+    /// What [`Link::open`] returns.
+    pub fn open_per_queue(link: Link, config: DeviceConfig) -> Result<Vec<Self>, OpenError> {
+        Ok(Self::per_queue(link.open()?, config))
+    }
+
     /// A device over every channel of `endpoint`.
     pub fn new(endpoint: Endpoint, config: DeviceConfig) -> Self {
         let link = Arc::new(Self::offload(endpoint, config));
@@ -146,6 +178,32 @@ impl FdlinkDevice {
 
     fn build(link: Arc<OffloadEndpoint>, queue: Option<usize>, config: DeviceConfig) -> Self {
         let endpoint = link.endpoint();
+        let mtu = endpoint.mtu() as usize;
+        let gso_max = endpoint.gso_max_size() as usize;
+        let max_packet = if config.gso && gso_max > mtu {
+            gso_max
+        } else {
+            mtu
+        };
+        let rx = link.receiver();
+        let tx = link.sender(config.tx_batch, max_packet);
+        FdlinkDevice {
+            link,
+            queue,
+            rx,
+            tx,
+            gso: config.gso,
+            busy_poll: config.busy_poll,
+            closed: None,
+            interface_mtu: None,
+        }
+    }
+
+    /// The capabilities for the link's MTU now: smoltcp's rule (an Ethernet
+    /// MTU includes the 14-byte header), checksums left to the link, and
+    /// TCP segmentation offload up to the endpoint's largest super-packet.
+    fn capabilities_now(&self) -> DeviceCapabilities {
+        let endpoint = self.endpoint();
         let ethernet = endpoint.is_ethernet();
         let link_len = if ethernet { ethernet::HEADER_LEN } else { 0 };
         let mut caps = DeviceCapabilities::default();
@@ -154,32 +212,40 @@ impl FdlinkDevice {
         } else {
             Medium::Ip
         };
-        caps.max_transmission_unit = endpoint.mtu() as usize + link_len;
+        let mtu = endpoint.mtu() as usize;
+        caps.max_transmission_unit = mtu + link_len;
         caps.max_burst_size = None;
         caps.checksum = checksum_caps();
-        let mtu = endpoint.mtu() as usize;
         let gso_max = endpoint.gso_max_size() as usize;
-        let gso = config.gso && gso_max > mtu;
-        if gso {
-            let size = NonZeroUsize::new(gso_max + link_len);
-            caps.segmentation.tcpv4 = size;
+        if self.gso && gso_max > mtu {
+            caps.segmentation.tcpv4 = NonZeroUsize::new(gso_max + link_len);
             // Not for IPv6: smoltcp 0.14 lets IPv6 TCP segments grow to the
             // offload size but then drops every IPv6 packet above the MTU
             // on send (it checks segmentation for IPv4 only). Received
             // IPv6 super-packets are still handed over whole.
         }
-        let max_packet = if gso { gso_max } else { mtu };
-        let rx = link.receiver();
-        let tx = link.sender(config.tx_batch, max_packet);
-        FdlinkDevice {
-            link,
-            queue,
-            rx,
-            tx,
-            caps,
-            busy_poll: config.busy_poll,
-            closed: None,
+        caps
+    }
+
+    /// Whether the link's MTU changed since the interface polled through
+    /// [`crate::poll`] was made: smoltcp reads a device's capabilities
+    /// once, when an interface is made, so [`crate::poll`] then makes it
+    /// again. The first call records the MTU the interface was made with.
+    pub(crate) fn interface_mtu_stale(&mut self) -> bool {
+        let now = self.endpoint().mtu();
+        match self.interface_mtu {
+            Some(mtu) if mtu != now => true,
+            Some(_) => false,
+            None => {
+                self.interface_mtu = Some(now);
+                false
+            }
         }
+    }
+
+    /// Records that the interface was made again with the link's MTU now.
+    pub(crate) fn interface_rebuilt(&mut self) {
+        self.interface_mtu = Some(self.endpoint().mtu());
     }
 
     /// The endpoint underneath.
@@ -351,7 +417,7 @@ impl phy::Device for FdlinkDevice {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        self.caps.clone()
+        self.capabilities_now()
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use smoltcp::iface::{Interface, PollResult, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::time::Instant;
 
 use fdlink_core::Closed;
@@ -20,6 +20,14 @@ pub const MAX_SLEEP: Duration = Duration::from_millis(100);
 ///
 /// With `max_sleep` of zero it never sleeps (busy polling).
 ///
+/// When the link's MTU changed ([`fdlink_core::Endpoint::set_mtu`], or a
+/// device followed with [`fdlink_core::Link::follow_device`]), the
+/// interface is made again first with the same hardware address, IP
+/// addresses, routes and any-address setting: smoltcp reads a device's MTU
+/// only when an interface is made, and new connections should see the new
+/// MSS. Sockets live in `sockets` and carry on; the neighbour cache starts
+/// afresh.
+///
 /// # Errors
 /// [`Closed`], with the link's [`fdlink_core::CloseReason`], once the link
 /// (the device's queue) has closed and smoltcp has processed everything
@@ -31,6 +39,9 @@ pub fn poll(
     sockets: &mut SocketSet<'_>,
     max_sleep: Duration,
 ) -> Result<bool, Closed> {
+    if device.interface_mtu_stale() {
+        follow_mtu(iface, device);
+    }
     let now = Instant::now();
     let changed = iface.poll(now, device, sockets) == PollResult::SocketStateChanged;
     device.flush();
@@ -50,4 +61,36 @@ pub fn poll(
         device.wait(Some(delay))?;
     }
     Ok(changed)
+}
+
+/// Makes `iface` again over `device`, keeping what the application set.
+fn follow_mtu(iface: &mut Interface, device: &mut FdlinkDevice) {
+    let mut config = Config::new(iface.hardware_addr());
+    // A fresh seed, as a new interface would get (TCP initial sequence
+    // numbers and ephemeral ports come from it).
+    config.random_seed = seed();
+    let mut fresh = Interface::new(config, device, Instant::now());
+    let addrs = iface.ip_addrs().to_vec();
+    fresh.update_ip_addrs(|a| {
+        a.clear();
+        for cidr in addrs {
+            let _ = a.push(cidr);
+        }
+    });
+    let mut routes = None;
+    iface.routes_mut().update(|r| routes = Some(r.clone()));
+    if let Some(routes) = routes {
+        fresh.routes_mut().update(|r| *r = routes);
+    }
+    fresh.set_any_ip(iface.any_ip());
+    *iface = fresh;
+    device.interface_rebuilt();
+}
+
+/// A seed from the clock and the process id.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }

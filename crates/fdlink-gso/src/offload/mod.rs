@@ -30,7 +30,7 @@ mod send;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use fdlink_core::{Endpoint, OutPacket};
+use fdlink_core::{DeviceOffloads, Endpoint, Link, OpenError, OutPacket};
 
 use crate::complete::verify_l4_checksum;
 use crate::segment::SegmentBuf;
@@ -76,6 +76,21 @@ impl GsoKinds {
     /// True when the set is empty.
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// The kinds a device that took `offloads` takes whole.
+    pub fn granted_by(offloads: DeviceOffloads) -> GsoKinds {
+        let mut kinds = GsoKinds::NONE;
+        for (offload, kind) in [
+            (DeviceOffloads::TSO4, GsoKinds::TCPV4),
+            (DeviceOffloads::TSO6, GsoKinds::TCPV6),
+            (DeviceOffloads::USO, GsoKinds::UDP_L4),
+        ] {
+            if offloads.contains(offload) {
+                kinds = kinds | kind;
+            }
+        }
+        kinds
     }
 }
 
@@ -189,17 +204,44 @@ pub struct OffloadEndpoint {
 
 impl OffloadEndpoint {
     /// Wraps `endpoint`. Host offloads are used when it carries virtio
-    /// headers ([`Endpoint::vnet_header_len`] > 0), software otherwise.
+    /// headers ([`Endpoint::vnet_header_len`] > 0), software otherwise;
+    /// the segmentation kinds left to the kernel are those of
+    /// [`OffloadConfig::host_gso`] the device took
+    /// ([`Endpoint::device_offloads`]).
     pub fn new(endpoint: Endpoint, config: OffloadConfig) -> Self {
         let link_len = endpoint.max_header_length() - endpoint.vnet_header_len();
         let vnet_len = endpoint.vnet_header_len();
+        let granted = GsoKinds::granted_by(endpoint.device_offloads());
         OffloadEndpoint {
             endpoint,
             config,
             link_len,
             vnet_len,
-            host_gso: AtomicU8::new(config.host_gso.0),
+            host_gso: AtomicU8::new(config.host_gso.0 & granted.0),
         }
+    }
+
+    /// Opens `link` ([`Link::open`]) and wraps its endpoint: one call from
+    /// a device's name to an offloading endpoint that uses what the kernel
+    /// granted and software for the rest.
+    ///
+    /// ```
+    /// use fdlink_core::Link;
+    /// use fdlink_gso::offload::{OffloadConfig, OffloadEndpoint};
+    /// use fdlink_sys::fd::{socketpair, SocketType};
+    ///
+    /// let (ours, _theirs) = socketpair(SocketType::SeqPacket)?;
+    /// let link = OffloadEndpoint::open(Link::socket(ours), OffloadConfig::default())?;
+    /// assert!(!link.host_offload(), "no virtio headers: software offloads");
+    /// let mut rx = link.receiver();
+    /// assert_eq!(link.recv(&mut rx, None)?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// What [`Link::open`] returns.
+    pub fn open(link: Link, config: OffloadConfig) -> Result<Self, OpenError> {
+        Ok(Self::new(link.open()?, config))
     }
 
     /// The wrapped endpoint.
