@@ -57,16 +57,13 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fdlink_core::{Batch, DispatchMode, Endpoint, EtherType, Options, Packet};
-use fdlink_sys::netdev::{if_index, if_mtu};
-use fdlink_sys::packet::{ETH_P_ALL, PacketSocket, set_vnet_hdr};
-use fdlink_sys::tun::{OffloadFlags, TunConfig, TunKind, set_offload};
+use fdlink_core::{Batch, DispatchMode, EtherType, Link, Offload, Packet};
 use fdlink_sys::wait::{Interest, PollFd, StopEvent, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -74,8 +71,6 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 const USAGE: &str = "usage: dump (--tun NAME | --tap NAME | --af-packet IFACE) [--queues N] \
                      [--mode readv|recvmmsg|mmap] [--vnet] [--count N] [--duration SECS] [--quiet]";
 
-/// Length of the virtio-net header `--vnet` turns on.
-const VNET_LEN: usize = 10;
 /// Packets per batch.
 const BATCH: usize = 32;
 /// How often the main thread checks whether every channel has closed.
@@ -190,54 +185,23 @@ fn main() -> ExitCode {
 
 type BoxError = Box<dyn std::error::Error>;
 
-/// Opens the descriptors: (fds, Ethernet framing, MTU).
-fn open(args: &Args) -> Result<(Vec<OwnedFd>, bool, u32), BoxError> {
-    let (name, fds, ethernet) = match &args.source {
-        Source::Tun(name) | Source::Tap(name) => {
-            let kind = if matches!(args.source, Source::Tun(_)) {
-                TunKind::Tun
-            } else {
-                TunKind::Tap
-            };
-            let dev = TunConfig::new(kind)
-                .name(name.as_str())
-                .vnet_hdr(args.vnet)
-                .multi_queue(args.queues > 1)
-                .queues(args.queues)
-                .open()
-                .map_err(|e| format!("open {name}: {e}"))?;
-            // Offloads are device-wide and outlive us on a persistent
-            // device: set them either way, to what this run asked for.
-            let offloads = if args.vnet {
-                OffloadFlags::CSUM
-                    | OffloadFlags::TSO4
-                    | OffloadFlags::TSO6
-                    | OffloadFlags::USO4
-                    | OffloadFlags::USO6
-            } else {
-                OffloadFlags::empty()
-            };
-            set_offload(dev.fds()[0].as_fd(), offloads)
-                .map_err(|e| format!("offloads on {name}: {e}"))?;
-            (name, dev.into_fds(), kind == TunKind::Tap)
-        }
-        Source::AfPacket(name) => {
-            let index = if_index(name).map_err(|e| format!("interface {name}: {e}"))?;
-            let mut fds = Vec::with_capacity(args.queues);
-            for _ in 0..args.queues {
-                let sock = PacketSocket::open(index, ETH_P_ALL)
-                    .map_err(|e| format!("AF_PACKET socket on {name}: {e}"))?;
-                if args.vnet {
-                    set_vnet_hdr(sock.as_fd(), true)
-                        .map_err(|e| format!("PACKET_VNET_HDR on {name}: {e}"))?;
-                }
-                fds.push(sock.into_fd());
-            }
-            (name, fds, true)
-        }
+/// The link the arguments name, in one call: the device opened or
+/// attached, its offloads set (`--vnet`: every one the kernel grants,
+/// else none), its MTU read from it.
+fn link(args: &Args) -> Link {
+    let link = match &args.source {
+        Source::Tun(name) => Link::tun(name),
+        Source::Tap(name) => Link::tap(name),
+        Source::AfPacket(name) => Link::af_packet(name),
     };
-    let mtu = if_mtu(name).unwrap_or(1500).clamp(1, 65535);
-    Ok((fds, ethernet, mtu))
+    link.queues(args.queues)
+        .mode(args.mode)
+        .batch_size(BATCH)
+        .offload(if args.vnet {
+            Offload::Auto
+        } else {
+            Offload::Off
+        })
 }
 
 fn run(args: &Args) -> Result<(), BoxError> {
@@ -249,19 +213,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
     signals.thread_block()?;
     let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
 
-    let (fds, ethernet, mtu) = open(args)?;
-    let vnet_len = if args.vnet { VNET_LEN } else { 0 };
-    let link_len = if ethernet { 14 } else { 0 };
-    let options = Options::new()
-        .fds(fds)
-        .mtu(mtu)
-        .ethernet(ethernet)
-        .dispatch(args.mode)
-        .batch_size(BATCH)
-        .vnet_header_len(vnet_len)
-        // Whatever the MTU, never drop a GRO or TSO super-frame as truncated.
-        .receive_buffer_size(vnet_len + link_len + 65535);
-    let endpoint = Endpoint::new(options)?;
+    let endpoint = link(args).open()?;
     let queues = endpoint.channel_count();
 
     let per_queue: Arc<Vec<AtomicU64>> = Arc::new((0..queues).map(|_| AtomicU64::new(0)).collect());

@@ -20,18 +20,13 @@
 //! ```
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fdlink_core::{Closed, Endpoint, MacAddr, Options};
-use fdlink_gso::offload::GsoKinds;
+use fdlink_core::{Closed, Link, MacAddr, Offload};
 use fdlink_smoltcp::{DeviceConfig, FdlinkDevice, poll};
-use fdlink_sys::netdev::{if_hwaddr, if_index, if_mtu};
-use fdlink_sys::packet::{ETH_P_ALL, PacketSocket};
-use fdlink_sys::tun::{OffloadFlags, TunConfig, set_offload};
 use nix::sys::signal::{SigSet, Signal};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
@@ -48,7 +43,7 @@ const TCP_BUFFER: usize = 1 << 20;
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
+enum LinkKind {
     Tun,
     Tap,
     AfPacket,
@@ -56,7 +51,7 @@ enum Link {
 
 #[derive(Debug)]
 struct Args {
-    link: Link,
+    link: LinkKind,
     name: String,
     addr: IpCidr,
     addr6: Option<IpCidr>,
@@ -83,7 +78,7 @@ fn parse_args() -> Result<Args, String> {
     let mut link = None;
     let mut addr = None;
     let mut args = Args {
-        link: Link::Tun,
+        link: LinkKind::Tun,
         name: String::new(),
         addr: IpCidr::new(smoltcp::wire::IpAddress::v4(0, 0, 0, 0), 0),
         addr6: None,
@@ -101,9 +96,9 @@ fn parse_args() -> Result<Args, String> {
                     return Err("give one of --tun, --tap, --af-packet".into());
                 }
                 link = Some(match flag.as_str() {
-                    "--tun" => Link::Tun,
-                    "--tap" => Link::Tap,
-                    _ => Link::AfPacket,
+                    "--tun" => LinkKind::Tun,
+                    "--tap" => LinkKind::Tap,
+                    _ => LinkKind::AfPacket,
                 });
                 args.name = value()?;
             }
@@ -141,82 +136,25 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Opens the link and returns the endpoint, the smoltcp side's MAC
-/// (Ethernet links) and the segmentation kinds the kernel takes.
-fn open(args: &Args) -> Result<(Endpoint, Option<MacAddr>, GsoKinds), String> {
-    let ethernet = args.link != Link::Tun;
-    let mut host_gso = GsoKinds::ALL;
-    let (fds, mac, mtu): (Vec<OwnedFd>, Option<MacAddr>, u32) = match args.link {
-        Link::Tun | Link::Tap => {
-            let config = if args.link == Link::Tap {
-                TunConfig::tap()
-            } else {
-                TunConfig::tun()
-            };
-            let dev = config
-                .name(args.name.as_str())
-                .vnet_hdr(args.offload)
-                .multi_queue(args.queues > 1)
-                .queues(args.queues)
-                .open()
-                .map_err(|e| format!("open {}: {e}", args.name))?;
-            // Offloads are device-wide and outlive us on a persistent
-            // device: set them either way, to what this run asked for.
-            let want = if args.offload {
-                OffloadFlags::CSUM
-                    | OffloadFlags::TSO4
-                    | OffloadFlags::TSO6
-                    | OffloadFlags::USO4
-                    | OffloadFlags::USO6
-            } else {
-                OffloadFlags::empty()
-            };
-            let granted = set_offload(dev.fds()[0].as_fd(), want)
-                .map_err(|e| format!("TUNSETOFFLOAD on {}: {e}", dev.name()))?;
-            // A kernel that refuses USO does not take UDP super-packets
-            // either: leave those to software.
-            if !granted.contains(OffloadFlags::USO4) {
-                host_gso = GsoKinds::TCPV4 | GsoKinds::TCPV6;
-            }
-            let mtu = if_mtu(dev.name()).unwrap_or(1500);
-            // A TAP's own MAC is the kernel's; smoltcp needs another one.
-            let mac = ethernet.then(|| args.mac.unwrap_or(MacAddr([0x02, 0, 0, 0x5e, 0, 1])));
-            (dev.into_fds(), mac, mtu)
-        }
-        Link::AfPacket => {
-            let index = if_index(&args.name).map_err(|e| format!("{}: {e}", args.name))?;
-            let mac = match args.mac {
-                Some(m) => m,
-                None => MacAddr(
-                    if_hwaddr(&args.name)
-                        .map_err(|e| format!("{}: {e}", args.name))?
-                        .ok_or(format!("{} has no MAC address; give --mac", args.name))?,
-                ),
-            };
-            let fds = (0..args.queues)
-                .map(|_| PacketSocket::open(index, ETH_P_ALL).map(PacketSocket::into_fd))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("AF_PACKET socket on {}: {e}", args.name))?;
-            if args.offload {
-                for fd in &fds {
-                    fdlink_sys::packet::set_vnet_hdr(fd.as_fd(), true)
-                        .map_err(|e| format!("PACKET_VNET_HDR: {e}"))?;
-                }
-            }
-            let mtu = if_mtu(&args.name).unwrap_or(1500);
-            (fds, Some(mac), mtu)
-        }
-    };
-    let mut options = Options::new()
-        .fds(fds)
-        .mtu(mtu)
-        .ethernet(ethernet)
-        .vnet_header_len(if args.offload { 10 } else { 0 });
-    if let Some(mac) = mac {
-        options = options.link_address(mac);
+/// The link the arguments name, in one call: the device opened or
+/// attached, its offloads set (`--offload on`: every one the kernel grants,
+/// the rest in software; `off`: none), MTU and MAC read from it.
+fn link(args: &Args) -> Link {
+    let link = match args.link {
+        LinkKind::Tun => Link::tun(&args.name),
+        LinkKind::Tap => Link::tap(&args.name),
+        LinkKind::AfPacket => Link::af_packet(&args.name),
     }
-    let endpoint = Endpoint::new(options).map_err(|e| format!("endpoint: {e}"))?;
-    Ok((endpoint, mac, host_gso))
+    .queues(args.queues)
+    .offload(if args.offload {
+        Offload::Auto
+    } else {
+        Offload::Off
+    });
+    match args.mac {
+        Some(mac) => link.mac(mac),
+        None => link,
+    }
 }
 
 fn tcp_socket() -> tcp::Socket<'static> {
@@ -324,13 +262,14 @@ fn run(args: Args) -> Result<(), String> {
         .thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
 
-    let (endpoint, mac, host_gso) = open(&args)?;
-    let config = DeviceConfig::default().gso(args.offload).host_gso(host_gso);
+    let config = DeviceConfig::default().gso(args.offload);
     let devices = if args.queues > 1 {
-        FdlinkDevice::per_queue(endpoint, config)
+        FdlinkDevice::open_per_queue(link(&args), config)
     } else {
-        vec![FdlinkDevice::new(endpoint, config)]
-    };
+        FdlinkDevice::open(link(&args), config).map(|d| vec![d])
+    }
+    .map_err(|e| e.to_string())?;
+    let mac = devices[0].endpoint().link_address();
     let mut addrs = vec![args.addr];
     addrs.extend(args.addr6);
     let stop = Arc::new(AtomicBool::new(false));
