@@ -46,9 +46,26 @@ impl fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Builds an endpoint, checking the options as a whole.
+    /// Builds an endpoint from descriptors or packet objects you opened
+    /// yourself, checking the options as a whole ([`crate::Link`] opens
+    /// devices for you).
     ///
     /// Every descriptor is made non-blocking.
+    ///
+    /// ```
+    /// use fdlink_core::{Endpoint, Options, OptionsError};
+    /// use fdlink_sys::fd::{socketpair, SocketType};
+    ///
+    /// let (a, _b) = socketpair(SocketType::SeqPacket)?;
+    /// let endpoint = Endpoint::new(Options::new().fd(a).mtu(9000).ethernet(true))?;
+    /// assert_eq!((endpoint.mtu(), endpoint.max_header_length()), (9000, 14));
+    ///
+    /// // Options that cannot work are a typed error.
+    /// let (c, _d) = socketpair(SocketType::SeqPacket)?;
+    /// let err = Endpoint::new(Options::new().fd(c).mtu(0)).unwrap_err();
+    /// assert!(matches!(err, OptionsError::InvalidMtu(0)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// An [`OptionsError`] naming the first problem: no channel, an MTU or
@@ -91,7 +108,42 @@ impl Endpoint {
     /// may find packets. `None` for a packet object, which has no descriptor.
     ///
     /// The descriptor stays the endpoint's: register it, never close it,
-    /// and keep it non-blocking.
+    /// and keep it non-blocking. Readiness is the kernel's, level-triggered:
+    /// after a receive that left nothing (0 packets), clear the event loop's
+    /// readiness and wait again.
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use fdlink_core::Link;
+    /// use fdlink_sys::fd::{socketpair, SocketType};
+    /// use tokio::io::unix::AsyncFd;
+    ///
+    /// let (ours, peer) = socketpair(SocketType::SeqPacket)?;
+    /// let endpoint = Link::socket(ours).open()?;
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    /// let received = runtime.block_on(async {
+    ///     let fd = AsyncFd::new(endpoint.queue_fd(0).expect("a socket"))?;
+    ///     // The peer sends later; the task sleeps until then.
+    ///     let sender = std::thread::spawn(move || {
+    ///         let mut packet = [0u8; 40];
+    ///         packet[0] = 0x45;
+    ///         fdlink_sys::io::write(peer.as_fd(), &packet).map(|_| peer)
+    ///     });
+    ///     let mut batch = endpoint.new_batch();
+    ///     loop {
+    ///         let mut ready = fd.readable().await?;
+    ///         match endpoint.recv_batch_from(0, &mut batch)? {
+    ///             0 => ready.clear_ready(),
+    ///             n => {
+    ///                 sender.join().expect("sender")?;
+    ///                 return Ok::<usize, Box<dyn std::error::Error>>(n);
+    ///             }
+    ///         }
+    ///     }
+    /// })?;
+    /// assert_eq!(received, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Panics
     /// When `queue` is not below [`Endpoint::channel_count`].
@@ -349,6 +401,26 @@ impl Endpoint {
     /// Sockets take a batch per `sendmmsg`; TUN/TAP a `writev` per packet.
     /// When a send buffer is full the send waits for room up to the send
     /// timeout, then counts the rest as [`DropReason::SendBufferFull`].
+    ///
+    /// ```
+    /// use fdlink_core::{DropReason, EtherType, Link, MacAddr, OutPacket};
+    /// use fdlink_sys::fd::{socketpair, SocketType};
+    ///
+    /// let (ours, _peer) = socketpair(SocketType::SeqPacket)?;
+    /// let own = MacAddr([2, 0, 0, 0, 0, 1]);
+    /// let endpoint = Link::socket(ours).ethernet(true).mac(own).open()?;
+    /// let ip = [0x45u8; 40];
+    /// let peer_mac = MacAddr([2, 0, 0, 0, 0, 2]);
+    /// let out = endpoint.send(&[
+    ///     // An Ethernet header from `own` to `peer_mac` goes in front.
+    ///     OutPacket::ip(&ip).to(peer_mac),
+    ///     OutPacket::new(EtherType::ARP, &[0u8; 28]),
+    ///     OutPacket::ip(&[0u8; 70_000]), // larger than the MTU
+    /// ]);
+    /// assert_eq!((out.sent, out.dropped), (2, 1));
+    /// assert_eq!(endpoint.stats().drops.get(DropReason::Oversized), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send(&self, packets: &[OutPacket<'_>]) -> SendOutcome {
         self.send_with(None, packets, |_, _| false)
     }
@@ -413,6 +485,32 @@ impl Endpoint {
     ///
     /// Attaching while attached does nothing; attaching after a detach
     /// starts fresh readers.
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use fdlink_core::{Batch, Link};
+    /// use fdlink_sys::fd::{socketpair, SocketType};
+    ///
+    /// let (ours, peer) = socketpair(SocketType::SeqPacket)?;
+    /// let endpoint = Link::socket(ours).open()?;
+    /// let seen = Arc::new(AtomicUsize::new(0));
+    /// let counter = Arc::clone(&seen);
+    /// endpoint.attach(Arc::new(move |_queue: usize, batch: &mut Batch| {
+    ///     counter.fetch_add(batch.len(), Ordering::Relaxed);
+    /// }))?;
+    /// let mut packet = [0u8; 40];
+    /// packet[0] = 0x45;
+    /// for _ in 0..3 {
+    ///     fdlink_sys::io::write(peer.as_fd(), &packet)?;
+    /// }
+    /// drop(peer); // the reader reads everything, then sees the closure
+    /// endpoint.wait();
+    /// assert_eq!(seen.load(Ordering::Relaxed), 3);
+    /// assert!(endpoint.is_closed());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// Creating the stop event or a thread failed; nothing is left running.

@@ -16,15 +16,33 @@
 //! The core knows nothing of any stack; `fdlink-gso` adds offloads and
 //! `fdlink-smoltcp` a smoltcp device.
 //!
+//! # Opening a link
+//!
+//! [`Link`] opens one in a single call, consistent by construction: the
+//! device opened or attached, its offloads set and read back, its virtio
+//! header length, MTU and MAC taken from the device itself.
+//!
+//! ```no_run
+//! use fdlink_core::{DispatchMode, Link, Offload};
+//!
+//! let tun = Link::tun("tun0").queues(4).offload(Offload::Auto).open()?;
+//! let nic = Link::af_packet("eth0").queues(2).mode(DispatchMode::Mmap).open()?;
+//! # Ok::<(), fdlink_core::OpenError>(())
+//! ```
+//!
+//! The long form, [`Endpoint::new`] over [`Options`], takes descriptors
+//! you opened yourself; it asks the kernel what each one carries and
+//! refuses options that disagree.
+//!
 //! # Example
 //!
 //! ```
 //! use std::os::fd::AsFd;
-//! use fdlink_core::{Endpoint, Options, OutPacket};
+//! use fdlink_core::{Link, OutPacket};
 //! use fdlink_sys::fd::{socketpair, SocketType};
 //!
 //! let (ours, peer) = socketpair(SocketType::SeqPacket)?;
-//! let endpoint = Endpoint::new(Options::new().fd(ours).mtu(1500))?;
+//! let endpoint = Link::socket(ours).mtu(1500).open()?;
 //!
 //! // The peer writes an IPv4 packet; we pull it.
 //! let mut packet = [0u8; 28];

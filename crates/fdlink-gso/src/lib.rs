@@ -15,7 +15,11 @@
 //! - [`complete`]: completing `NEEDS_CSUM` checksums and verifying transport
 //!   checksums;
 //! - [`gro`]: coalescing consecutive segments into super-packets with the
-//!   virtio header the TUN driver expects, the inverse of [`segment`].
+//!   virtio header the TUN driver expects, the inverse of [`segment`];
+//! - [`offload`]: the offloading endpoint over a core endpoint, opened in
+//!   one call with [`offload::OffloadEndpoint::open`] from a
+//!   [`fdlink_core::Link`] (host offloads for what the device took,
+//!   software for the rest).
 //!
 //! Untrusted input never panics: every failure is a typed error.
 //!

@@ -22,18 +22,32 @@
 //! - [`FdlinkDevice::per_queue`] gives one device per queue for one stack
 //!   per core.
 //!
+//! # Opening a device
+//!
+//! One call from a device's name to a smoltcp device, with every offload
+//! the kernel grants (see [`fdlink_core::Link`]); the `tun_offload` example
+//! serves TCP echo this way in under 40 lines:
+//!
+//! ```no_run
+//! use fdlink_core::{Link, Offload};
+//! use fdlink_smoltcp::{DeviceConfig, FdlinkDevice};
+//!
+//! let device = FdlinkDevice::open(Link::tun("tun0").offload(Offload::Auto), DeviceConfig::default())?;
+//! let per_core = FdlinkDevice::open_per_queue(Link::tun("tun1").queues(2), DeviceConfig::default())?;
+//! # Ok::<(), fdlink_core::OpenError>(())
+//! ```
+//!
 //! # Example
 //!
 //! ```
-//! use fdlink_core::{Endpoint, Options};
+//! use fdlink_core::Link;
 //! use fdlink_smoltcp::{DeviceConfig, FdlinkDevice};
 //! use fdlink_sys::fd::{socketpair, SocketType};
 //! use smoltcp::iface::{Config, Interface, SocketSet};
 //! use smoltcp::wire::{HardwareAddress, IpCidr};
 //!
 //! let (a, _b) = socketpair(SocketType::SeqPacket)?;
-//! let endpoint = Endpoint::new(Options::new().fd(a).mtu(1500))?;
-//! let mut device = FdlinkDevice::new(endpoint, DeviceConfig::default());
+//! let mut device = FdlinkDevice::open(Link::socket(a).mtu(1500), DeviceConfig::default())?;
 //! let mut iface = Interface::new(
 //!     Config::new(HardwareAddress::Ip),
 //!     &mut device,

@@ -28,6 +28,29 @@ pub const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// MSS. Sockets live in `sockets` and carry on; the neighbour cache starts
 /// afresh.
 ///
+/// ```
+/// use std::time::Duration;
+/// use fdlink_core::{CloseReason, Link};
+/// use fdlink_smoltcp::{DeviceConfig, FdlinkDevice, poll};
+/// use fdlink_sys::fd::{socketpair, SocketType};
+/// use smoltcp::iface::{Config, Interface, SocketSet};
+/// use smoltcp::wire::HardwareAddress;
+///
+/// let (ours, peer) = socketpair(SocketType::SeqPacket)?;
+/// let mut device = FdlinkDevice::open(Link::socket(ours), DeviceConfig::default())?;
+/// let now = smoltcp::time::Instant::now();
+/// let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut device, now);
+/// let mut sockets = SocketSet::new(vec![]);
+/// drop(peer); // the link dies: the loop ends with its reason
+/// let closed = loop {
+///     if let Err(closed) = poll(&mut iface, &mut device, &mut sockets, Duration::from_millis(100)) {
+///         break closed;
+///     }
+/// };
+/// assert_eq!(closed.0, CloseReason::PeerClosed);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Errors
 /// [`Closed`], with the link's [`fdlink_core::CloseReason`], once the link
 /// (the device's queue) has closed and smoltcp has processed everything
