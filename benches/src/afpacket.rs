@@ -1,7 +1,7 @@
 //! Scenario 2: `AF_PACKET` on a veth end fed by the kernel. A UDP flood
 //! from kernel sockets in a namespace leaves `va` and arrives on its peer
 //! `vb`, where the receiver reads with a bare `recvmmsg` loop (the
-//! baseline) or an [`Endpoint`] in readv, recvmmsg or mmap dispatch, or a
+//! baseline) or an [`Endpoint`] in per-packet, recvmmsg or mmap dispatch, or a
 //! two-socket fanout group read by one thread per socket.
 
 use std::io;
@@ -170,14 +170,14 @@ pub fn run(plan: &Plan) -> Result<Vec<Row>, String> {
     let veth = setup()?;
     let modes = [
         Mode::Bare,
-        Mode::Single(DispatchMode::Readv),
+        Mode::Single(DispatchMode::PerPacket),
         Mode::Single(DispatchMode::Recvmmsg),
         Mode::Single(DispatchMode::Mmap),
         Mode::Fanout,
     ];
     let samples = interleaved(plan.runs, &modes, |m| measure(&veth, m, plan.pps_window))?;
     let bare = Summary::of(&samples[0]);
-    let names = ["readv", "recvmmsg", "mmap ring", "fanout 2×recvmmsg"];
+    let names = ["per-packet", "recvmmsg", "mmap ring", "fanout 2×recvmmsg"];
     Ok(names
         .iter()
         .enumerate()

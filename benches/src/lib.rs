@@ -9,7 +9,7 @@
 //! - [`pps`]: packets/s through a socketpair, endpoint dispatch modes
 //!   against a bare `recvmmsg` loop;
 //! - [`afpacket`] (root): `AF_PACKET` on a veth fed by a kernel UDP flood:
-//!   readv, recvmmsg, mmap ring and a fanout group against bare `recvmmsg`;
+//!   per-packet, recvmmsg, mmap ring and a fanout group against bare `recvmmsg`;
 //! - [`tcp`] (root): TCP bulk between the kernel and smoltcp over a TUN,
 //!   fdlink with and without offloads against smoltcp's `TunTapInterface`;
 //! - [`ceiling`] (root): an ACK-only responder on a TSO TUN and

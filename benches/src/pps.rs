@@ -1,6 +1,6 @@
 //! Scenario 1: packets/s through a `SOCK_SEQPACKET` socketpair. A sender
 //! thread writes with `sendmmsg`; the receiver pulls with a bare
-//! `recvmmsg` loop (the baseline) or through an [`Endpoint`] in readv or
+//! `recvmmsg` loop (the baseline) or through an [`Endpoint`] in per-packet or
 //! recvmmsg dispatch. No privileges needed.
 
 use std::io;
@@ -198,11 +198,11 @@ pub fn measure_socket(
     })
 }
 
-/// Scenario 1: 64 B and 1500 B, readv and recvmmsg against bare recvmmsg.
+/// Scenario 1: 64 B and 1500 B, per-packet and recvmmsg against bare recvmmsg.
 pub fn run(plan: &Plan) -> Result<Vec<Row>, String> {
     let receivers = [
         Receiver::Bare,
-        Receiver::Endpoint(DispatchMode::Readv),
+        Receiver::Endpoint(DispatchMode::PerPacket),
         Receiver::Endpoint(DispatchMode::Recvmmsg),
     ];
     let mut rows = Vec::new();
@@ -220,7 +220,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Row>, String> {
             )
         })?;
         let bare = Summary::of(&samples[0]);
-        for (i, name) in [(1, "readv"), (2, "recvmmsg")] {
+        for (i, name) in [(1, "per-packet"), (2, "recvmmsg")] {
             rows.push(Row::measured(
                 "socketpair pps",
                 format!("{size} B {name}"),

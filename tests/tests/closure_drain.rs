@@ -198,7 +198,7 @@ fn run_case(peer: Peer, mode: DispatchMode, receive: Receive) {
 
 #[test]
 fn seqpacket_burst_then_close_delivers_everything() {
-    for mode in [DispatchMode::Readv, DispatchMode::Recvmmsg] {
+    for mode in [DispatchMode::PerPacket, DispatchMode::Recvmmsg] {
         for receive in [Receive::Pull, Receive::Push] {
             run_case(Peer::Socket(SocketType::SeqPacket), mode, receive);
         }
@@ -207,7 +207,7 @@ fn seqpacket_burst_then_close_delivers_everything() {
 
 #[test]
 fn dgram_burst_then_close_delivers_everything() {
-    for mode in [DispatchMode::Readv, DispatchMode::Recvmmsg] {
+    for mode in [DispatchMode::PerPacket, DispatchMode::Recvmmsg] {
         for receive in [Receive::Pull, Receive::Push] {
             run_case(Peer::Socket(SocketType::Datagram), mode, receive);
         }
@@ -217,7 +217,7 @@ fn dgram_burst_then_close_delivers_everything() {
 #[test]
 fn packet_object_burst_then_close_delivers_everything() {
     for receive in [Receive::Pull, Receive::Push] {
-        run_case(Peer::Object, DispatchMode::Readv, receive);
+        run_case(Peer::Object, DispatchMode::PerPacket, receive);
     }
 }
 

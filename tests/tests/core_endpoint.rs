@@ -15,7 +15,7 @@ use fdlink_tests::packet::tagged_ipv4;
 
 const OWN: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x01]);
 const PEER: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x02]);
-const MODES: [DispatchMode; 2] = [DispatchMode::Readv, DispatchMode::Recvmmsg];
+const MODES: [DispatchMode; 2] = [DispatchMode::PerPacket, DispatchMode::Recvmmsg];
 const TYPES: [SocketType; 2] = [SocketType::SeqPacket, SocketType::Datagram];
 
 /// An IPv6 packet with a hop-by-hop and a destination-options header before

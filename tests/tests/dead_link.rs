@@ -336,7 +336,7 @@ fn tun_deleted_ends_the_poll_loop() {
 /// messages).
 #[test]
 fn socketpair_peer_closed_ends_the_poll_loop() {
-    for mode in [DispatchMode::Readv, DispatchMode::Recvmmsg] {
+    for mode in [DispatchMode::PerPacket, DispatchMode::Recvmmsg] {
         let what = format!("socketpair peer closed ({mode:?})");
         let (a, b) = socketpair(SocketType::SeqPacket).unwrap();
         let log = ClosedLog::new();

@@ -30,7 +30,7 @@ use fdlink_tests::veth::{VethPair, VethSpec};
 const WAIT: Duration = Duration::from_secs(5);
 const PORT: u16 = 4310;
 const MODES: [DispatchMode; 3] = [
-    DispatchMode::Readv,
+    DispatchMode::PerPacket,
     DispatchMode::Recvmmsg,
     DispatchMode::Mmap,
 ];
@@ -396,7 +396,7 @@ fn fanout_over_four_sockets_keeps_each_of_32_flows_on_one_queue() {
         return;
     }
     let _g = serial();
-    for mode in [DispatchMode::Readv, DispatchMode::Mmap] {
+    for mode in [DispatchMode::PerPacket, DispatchMode::Mmap] {
         let v = veth();
         let e = Endpoint::new(v.options(v.sockets(4, false), mode)).unwrap();
         assert_eq!(e.channel_count(), 4);

@@ -109,7 +109,7 @@ fn full_send_buffer_gives_counted_drops_in_bounded_time() {
 
 #[test]
 fn peer_closes_in_the_middle_of_its_burst_under_a_push_reader() {
-    for mode in [DispatchMode::Readv, DispatchMode::Recvmmsg] {
+    for mode in [DispatchMode::PerPacket, DispatchMode::Recvmmsg] {
         let (ours, peer) = pair(SocketType::SeqPacket);
         let (e, log, delivered) = counting_reader(ours, mode);
         let writer = std::thread::spawn(move || {
@@ -195,7 +195,7 @@ fn peer_closes_in_the_middle_of_our_send_burst() {
 
 #[test]
 fn peer_shut_down_under_a_running_reader() {
-    for mode in [DispatchMode::Readv, DispatchMode::Recvmmsg] {
+    for mode in [DispatchMode::PerPacket, DispatchMode::Recvmmsg] {
         for how in [
             nix::sys::socket::Shutdown::Both,
             nix::sys::socket::Shutdown::Write,

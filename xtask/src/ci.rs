@@ -20,11 +20,6 @@ struct Example {
 /// The examples CI runs, in release mode. An example whose file does not
 /// exist yet is skipped with a note. Add new examples here.
 const EXAMPLES: &[Example] = &[
-    Example {
-        package: "fdlink-core",
-        name: "socketpair_pps",
-        args: &["--seconds", "1"],
-    },
     // The README's demo, over each socket type with GSO on and off: each run
     // exits non-zero unless the receiver verified every byte.
     Example {
@@ -50,14 +45,14 @@ const EXAMPLES: &[Example] = &[
             "--gso",
             "off",
             "--mode",
-            "readv",
+            "per-packet",
         ],
     },
     Example {
         package: "fdlink-smoltcp",
         name: "loopback",
         args: &[
-            "--bytes", "33554432", "--socket", "dgram", "--gso", "on", "--mode", "readv",
+            "--bytes", "33554432", "--socket", "dgram", "--gso", "on", "--mode", "per-packet",
         ],
     },
     Example {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! dump (--tun NAME | --tap NAME | --af-packet IFACE) [--queues N]
-//!      [--mode readv|recvmmsg|mmap] [--vnet] [--count N] [--duration SECS] [--quiet]
+//!      [--mode per-packet|recvmmsg|mmap] [--vnet] [--count N] [--duration SECS] [--quiet]
 //! ```
 //!
 //! - `--tun NAME` / `--tap NAME`: attach to the TUN/TAP device `NAME`,
@@ -14,7 +14,7 @@
 //! - `--af-packet IFACE`: `N` raw `AF_PACKET` sockets (all EtherTypes) bound
 //!   to `IFACE`; with several, the endpoint joins them into one hash fanout
 //!   group, so each flow is seen on one queue.
-//! - `--mode`: the endpoint's dispatch mode (default `readv`; `recvmmsg` and
+//! - `--mode`: the endpoint's dispatch mode (default `per-packet`; `recvmmsg` and
 //!   `mmap` need `--af-packet`).
 //! - `--vnet`: frames carry a virtio-net header (`IFF_VNET_HDR` on TUN/TAP,
 //!   with checksum and segmentation offloads turned on, so TCP super-packets
@@ -69,7 +69,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 const USAGE: &str = "usage: dump (--tun NAME | --tap NAME | --af-packet IFACE) [--queues N] \
-                     [--mode readv|recvmmsg|mmap] [--vnet] [--count N] [--duration SECS] [--quiet]";
+                     [--mode per-packet|recvmmsg|mmap] [--vnet] [--count N] [--duration SECS] [--quiet]";
 
 /// Packets per batch.
 const BATCH: usize = 32;
@@ -99,7 +99,7 @@ struct Args {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut source = None;
     let mut queues = 1usize;
-    let mut mode = DispatchMode::Readv;
+    let mut mode = DispatchMode::PerPacket;
     let mut vnet = false;
     let mut count = None;
     let mut duration = None;

@@ -15,9 +15,10 @@ use crate::packet_io::PacketIo;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum DispatchMode {
-    /// One packet per syscall: `read` on TUN/TAP, `recvmsg` on sockets.
+    /// One packet per system call: `read` on TUN/TAP, `recvmsg` on sockets
+    /// (`read`/`recvmsg` with one buffer, not a vectored read).
     #[default]
-    Readv,
+    PerPacket,
     /// Up to the batch size per `recvmmsg` call (sockets only).
     Recvmmsg,
     /// An mmap receive ring (`PACKET_RX_RING`, `TPACKET_V2`) per channel,
@@ -40,7 +41,7 @@ pub enum DispatchMode {
 impl fmt::Display for DispatchMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            DispatchMode::Readv => "readv",
+            DispatchMode::PerPacket => "per-packet",
             DispatchMode::Recvmmsg => "recvmmsg",
             DispatchMode::Mmap => "mmap",
         })
@@ -51,11 +52,11 @@ impl std::str::FromStr for DispatchMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "readv" => Ok(DispatchMode::Readv),
+            "per-packet" => Ok(DispatchMode::PerPacket),
             "recvmmsg" => Ok(DispatchMode::Recvmmsg),
             "mmap" => Ok(DispatchMode::Mmap),
             other => Err(format!(
-                "unknown dispatch mode {other:?} (readv|recvmmsg|mmap)"
+                "unknown dispatch mode {other:?} (per-packet|recvmmsg|mmap)"
             )),
         }
     }
@@ -112,7 +113,7 @@ impl Default for Options {
             closed: None,
             gso_max_size: DEFAULT_GSO_MAX_SIZE,
             device_offloads: None,
-            dispatch: DispatchMode::Readv,
+            dispatch: DispatchMode::PerPacket,
             batch_size: DEFAULT_BATCH_SIZE,
             vnet_header_len: 0,
             send_timeout: DEFAULT_SEND_TIMEOUT,
@@ -136,7 +137,7 @@ impl fmt::Debug for Options {
 }
 
 impl Options {
-    /// Default options with no channel yet: MTU 1500, IP framing, readv
+    /// Default options with no channel yet: MTU 1500, IP framing, per-packet
     /// dispatch, batches of [`DEFAULT_BATCH_SIZE`].
     pub fn new() -> Self {
         Self::default()

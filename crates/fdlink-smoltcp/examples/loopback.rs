@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! loopback [--bytes N] [--socket seqpacket|dgram] [--gso on|off]
-//!          [--mode readv|recvmmsg] [--mtu N]
+//!          [--mode per-packet|recvmmsg] [--mtu N]
 //! ```
 //!
 //! No privileges needed. With `--gso on` both ends carry virtio-net
@@ -62,7 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--mode" => args.mode = value()?.parse()?,
             "--mtu" => args.mtu = value()?.parse().map_err(|e| format!("--mtu: {e}"))?,
             "-h" | "--help" => {
-                return Err("usage: loopback [--bytes N] [--socket seqpacket|dgram] [--gso on|off] [--mode readv|recvmmsg] [--mtu N]".into());
+                return Err("usage: loopback [--bytes N] [--socket seqpacket|dgram] [--gso on|off] [--mode per-packet|recvmmsg] [--mtu N]".into());
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
