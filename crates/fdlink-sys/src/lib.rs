@@ -50,6 +50,24 @@
 //!   watch asks for the interface's state with `RTM_GETLINK` and reports
 //!   it; a kernel that answers `ENODEV` reports a removal.
 //!
+//! # Opening a device
+//!
+//! [`tun::TunConfig`] opens or creates a TUN/TAP in one expression; the
+//! whole link, consistent with what the kernel granted, is
+//! `fdlink_core::Link`'s job on top:
+//!
+//! ```no_run
+//! use std::os::fd::AsFd;
+//! use fdlink_sys::tun::{set_offload, tun_info, OffloadFlags, TunConfig};
+//!
+//! let dev = TunConfig::tun().name("tun0").vnet_hdr(true).multi_queue(true).queues(2).open()?;
+//! let wanted = OffloadFlags::CSUM | OffloadFlags::TSO4 | OffloadFlags::TSO6;
+//! let granted = set_offload(dev.fds()[0].as_fd(), wanted)?;
+//! assert_eq!(tun_info(dev.fds()[0].as_fd())?.vnet_hdr_len, 10);
+//! # let _ = granted;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
 //! # Example
 //!
 //! ```
