@@ -52,7 +52,14 @@ const EXAMPLES: &[Example] = &[
         package: "fdlink-smoltcp",
         name: "loopback",
         args: &[
-            "--bytes", "33554432", "--socket", "dgram", "--gso", "on", "--mode", "per-packet",
+            "--bytes",
+            "33554432",
+            "--socket",
+            "dgram",
+            "--gso",
+            "on",
+            "--mode",
+            "per-packet",
         ],
     },
     Example {

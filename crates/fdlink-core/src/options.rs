@@ -312,6 +312,12 @@ pub enum OptionsError {
         /// The header length the options give.
         options: usize,
     },
+    /// An mmap ring with virtio-net headers on a kernel whose rings carry
+    /// none (probed by [`fdlink_sys::ring::rings_carry_vnet_header`]).
+    RingWithoutVirtioHeader {
+        /// Index of the channel.
+        channel: usize,
+    },
     /// A TUN given with Ethernet framing, or a TAP without
     /// ([`Options::ethernet`]).
     FramingMismatch {
@@ -379,6 +385,10 @@ impl fmt::Display for OptionsError {
             } => write!(
                 f,
                 "channel {channel}: the device carries a {device}-byte virtio-net header, the options {options} (0: none)"
+            ),
+            OptionsError::RingWithoutVirtioHeader { channel } => write!(
+                f,
+                "channel {channel}: this kernel's mmap rings carry no virtio-net header; use another dispatch mode or no header"
             ),
             OptionsError::FramingMismatch { channel, device } => write!(
                 f,

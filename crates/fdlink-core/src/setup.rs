@@ -121,6 +121,9 @@ pub(crate) fn build(options: Options) -> Result<Parts, OptionsError> {
         if o.dispatch == DispatchMode::Mmap
             && let Io::Fd { fd, .. } = &channel.io
         {
+            if o.vnet_header_len > 0 {
+                check_ring_vnet_header(index, fdlink_sys::ring::rings_carry_vnet_header())?;
+            }
             let ring = attach_ring(
                 fd.as_fd(),
                 o.vnet_header_len,
@@ -281,6 +284,20 @@ pub(crate) fn join_fanout_group(channels: &[Channel]) -> Result<(), OptionsError
     Ok(())
 }
 
+/// Refuses a ring with virtio-net headers on a kernel whose rings carry
+/// none (`kernel_writes_them`: the probe's answer; `None`, it could not
+/// tell, lets each frame say for itself and frames without one be dropped
+/// and counted): frames would otherwise come with a zeroed header.
+fn check_ring_vnet_header(
+    channel: usize,
+    kernel_writes_them: Option<bool>,
+) -> Result<(), OptionsError> {
+    match kernel_writes_them {
+        Some(false) => Err(OptionsError::RingWithoutVirtioHeader { channel }),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a descriptor whose device disagrees with the options: a TUN/TAP
 /// or `AF_PACKET` socket whose virtio-net header setting is not the one the
 /// options give (every frame would be misread and dropped), or a TUN with
@@ -382,4 +399,20 @@ pub(crate) fn set_mtu(shared: &Shared, mtu: u32) -> Result<(), OptionsError> {
     };
     config.set_mtu(mtu, max_frame);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_whose_rings_carry_no_virtio_header_is_refused_at_set_up() {
+        assert!(matches!(
+            check_ring_vnet_header(3, Some(false)),
+            Err(OptionsError::RingWithoutVirtioHeader { channel: 3 })
+        ));
+        assert!(check_ring_vnet_header(0, Some(true)).is_ok());
+        // Cannot tell: each frame says for itself.
+        assert!(check_ring_vnet_header(0, None).is_ok());
+    }
 }

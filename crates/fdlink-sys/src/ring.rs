@@ -33,12 +33,14 @@
 //! Kernels that predate virtio headers in rings (before mid-2016) leave no
 //! room for it, and `vnet_hdr()` then returns `None`.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 use crate::abi::{
     PACKET_OUTGOING, SOL_PACKET, TP_STATUS_CSUM_VALID, TP_STATUS_CSUMNOTREADY, VNET_HDR_LEN,
@@ -665,6 +667,58 @@ impl Drop for RingFrame<'_> {
     }
 }
 
+/// EtherType of the probe frame: IEEE "local experimental 1", which no
+/// standard protocol uses.
+const PROBE_ETHERTYPE: u16 = 0x88b5;
+
+/// How long the probe waits for its frame to come round the loopback.
+const PROBE_WAIT: Duration = Duration::from_millis(200);
+
+/// Whether this kernel writes virtio-net headers into `TPACKET_V2` ring
+/// slots of a socket with `PACKET_VNET_HDR` (kernels before that support
+/// leave no room and write none). Probed by trying, once per process: a
+/// frame sent on the loopback interface of the calling thread's network
+/// namespace is received through a scratch ring with `PACKET_VNET_HDR`.
+///
+/// `None` when it cannot tell (the loopback is down, no `CAP_NET_RAW`): a
+/// ring frame then still says for itself whether it carries a header
+/// ([`RingFrame::vnet_hdr`]), so none is ever made up.
+pub fn rings_carry_vnet_header() -> Option<bool> {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    if let Some(&answer) = ANSWER.get() {
+        return Some(answer);
+    }
+    let answer = probe_ring_vnet_header().ok().flatten()?;
+    Some(*ANSWER.get_or_init(|| answer))
+}
+
+fn probe_ring_vnet_header() -> io::Result<Option<bool>> {
+    let lo = crate::netdev::if_index("lo")?;
+    let rx = crate::packet::PacketSocket::open(lo, PROBE_ETHERTYPE)?;
+    crate::packet::set_vnet_hdr(rx.as_fd(), true)?;
+    let mut ring = RxRing::new(rx.as_fd(), RingConfig::for_packet_len(128, 8, true))?;
+    let tx = crate::packet::PacketSocket::open(lo, PROBE_ETHERTYPE)?;
+    let mut frame = [0u8; 60];
+    frame[12..14].copy_from_slice(&PROBE_ETHERTYPE.to_be_bytes());
+    match crate::io::send_one(tx.as_fd(), &[IoSlice::new(&frame)]) {
+        Ok(_) => {}
+        // The loopback is down: nothing can come round.
+        Err(e) if e.raw_os_error() == Some(libc::ENETDOWN) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let deadline = Instant::now() + PROBE_WAIT;
+    loop {
+        if let Some(frame) = ring.next_frame() {
+            return Ok(Some(frame.vnet_hdr().is_some()));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        crate::wait::wait(rx.as_fd(), crate::wait::Interest::Read, None, Some(left))?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,5 +774,21 @@ mod tests {
         assert_eq!(vnet_net_offset(18), 90);
         assert_eq!(vnet_net_offset(30), 106);
         assert!(cfg.frame_size > vnet_net_offset(ETH_VLAN_HLEN));
+    }
+
+    #[test]
+    fn this_kernel_writes_virtio_headers_into_ring_slots() {
+        // Needs CAP_NET_RAW and an up loopback; without them the probe
+        // cannot tell, which is its documented answer.
+        if crate::packet::PacketSocket::open(1, PROBE_ETHERTYPE).is_err() {
+            assert_eq!(rings_carry_vnet_header(), None);
+            return;
+        }
+        assert_eq!(
+            rings_carry_vnet_header(),
+            Some(true),
+            "Linux 6.x writes them"
+        );
+        assert_eq!(rings_carry_vnet_header(), Some(true), "remembered");
     }
 }
