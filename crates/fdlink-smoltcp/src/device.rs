@@ -1,12 +1,13 @@
 //! [`FdlinkDevice`]: a smoltcp `phy::Device` over an offloading endpoint.
 
+use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fdlink_core::link::ethernet;
 use fdlink_core::{CloseReason, Closed, Endpoint, Link, OpenError, SendOutcome};
-use fdlink_gso::offload::{GsoKinds, OffloadConfig, OffloadEndpoint, Receiver, RxPacket, Sender};
+use fdlink_gso::offload::{GsoKinds, OffloadConfig, OffloadEndpoint, Receiver, Sender};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
 
@@ -114,6 +115,16 @@ pub struct FdlinkDevice {
     closed: Option<CloseReason>,
     /// The MTU the interface [`crate::poll`] drives was made with.
     interface_mtu: Option<u32>,
+    /// Receives happen only through [`FdlinkDevice::fetch`], so whoever
+    /// drives the device sees every packet before smoltcp does (the
+    /// netstack).
+    manual_receive: bool,
+    /// Frames handed back to smoltcp ([`FdlinkDevice::inject`]), served
+    /// before the received ones, and the buffers of served ones for reuse.
+    injected: VecDeque<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+    /// The injected frame smoltcp is reading now.
+    serving: Vec<u8>,
 }
 
 impl FdlinkDevice {
@@ -196,6 +207,10 @@ impl FdlinkDevice {
             busy_poll: config.busy_poll,
             closed: None,
             interface_mtu: None,
+            manual_receive: false,
+            injected: VecDeque::new(),
+            spare: Vec::new(),
+            serving: Vec::new(),
         }
     }
 
@@ -291,7 +306,7 @@ impl FdlinkDevice {
     /// [`Closed`] at once, whatever the timeout, when the link has closed:
     /// a dead link never looks idle.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Closed> {
-        if !self.rx.is_empty() {
+        if !self.rx.is_empty() || !self.injected.is_empty() {
             return Ok(true);
         }
         self.check_open()?;
@@ -320,6 +335,60 @@ impl FdlinkDevice {
     }
 }
 
+/// Driving the device by hand, for a layer that must see every packet
+/// before smoltcp does (the netstack): receive, inspect, hand packets back.
+impl FdlinkDevice {
+    /// From now on the device receives only in [`FdlinkDevice::fetch`]:
+    /// smoltcp's polls get the packets fetched (and not removed) and the
+    /// injected ones, never new ones behind the driver's back.
+    pub(crate) fn set_manual_receive(&mut self, on: bool) {
+        self.manual_receive = on;
+    }
+
+    /// Receives what the link has queued, without blocking, when no
+    /// received packet is pending; returns how many are pending.
+    ///
+    /// # Errors
+    /// [`Closed`] once the link has closed and everything was received.
+    pub(crate) fn fetch(&mut self) -> Result<usize, Closed> {
+        if self.rx.is_empty()
+            && self.closed.is_none()
+            && let Err(Closed(reason)) = self.link.recv(&mut self.rx, self.queue)
+        {
+            self.closed = Some(reason);
+        }
+        if self.rx.is_empty() {
+            self.check_open()?;
+        }
+        Ok(self.rx.len())
+    }
+
+    /// Keeps the pending received packets (link frames) for which `keep`
+    /// returns true; the others were handled by the caller.
+    pub(crate) fn retain_pending(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        self.rx.retain(|p| keep(p.frame));
+    }
+
+    /// Hands `frame` to smoltcp's next poll, before any received packet (a
+    /// packet held back and released).
+    pub(crate) fn inject(&mut self, frame: &[u8]) {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        self.injected.push_back(buf);
+    }
+
+    /// Queues a frame the caller builds (`len` bytes, written by `fill`)
+    /// for the next flush, as smoltcp's own frames are.
+    pub(crate) fn transmit_frame(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) {
+        if self.tx.is_full() {
+            self.link.flush(&mut self.tx, self.queue);
+        }
+        fill(self.tx.next_buffer(len));
+        self.tx.commit(len, None, None);
+    }
+}
+
 /// TCP checksums are the link's in both directions (filled on send,
 /// verified or vouched for by the kernel on receive); UDP's are verified on
 /// receive by the link and computed by smoltcp on send; ICMP and the IPv4
@@ -337,7 +406,7 @@ fn checksum_caps() -> ChecksumCapabilities {
 /// A received packet handed to smoltcp.
 #[derive(Debug)]
 pub struct RxToken<'a> {
-    packet: RxPacket<'a>,
+    frame: &'a [u8],
 }
 
 impl phy::RxToken for RxToken<'_> {
@@ -345,7 +414,7 @@ impl phy::RxToken for RxToken<'_> {
     where
         F: FnOnce(&[u8]) -> R,
     {
-        f(self.packet.frame)
+        f(self.frame)
     }
 }
 
@@ -387,7 +456,22 @@ impl phy::Device for FdlinkDevice {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        if self.rx.is_empty() && self.closed.is_none() {
+        if let Some(frame) = self.injected.pop_front() {
+            let served = std::mem::replace(&mut self.serving, frame);
+            self.spare.push(served);
+            return Some((
+                RxToken {
+                    frame: &self.serving,
+                },
+                TxToken {
+                    link: &self.link,
+                    tx: &mut self.tx,
+                    queue: self.queue,
+                    gso_size: None,
+                },
+            ));
+        }
+        if self.rx.is_empty() && self.closed.is_none() && !self.manual_receive {
             // smoltcp can only hear "nothing" here: keep the closure for
             // the poll loop (check_open).
             if let Err(Closed(reason)) = self.link.recv(&mut self.rx, self.queue) {
@@ -397,7 +481,9 @@ impl phy::Device for FdlinkDevice {
         }
         let packet = self.rx.pop()?;
         Some((
-            RxToken { packet },
+            RxToken {
+                frame: packet.frame,
+            },
             TxToken {
                 link: &self.link,
                 tx: &mut self.tx,

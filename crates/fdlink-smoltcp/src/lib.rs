@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 mod device;
+pub mod netstack;
 mod poll;
 
 pub use device::{DEFAULT_BUSY_POLL, DeviceConfig, FdlinkDevice, RxToken, TxToken};

@@ -93,6 +93,21 @@ impl Receiver {
             .map(|&item| self.packet(item))
     }
 
+    /// Keeps the packets not yet taken for which `keep` returns true, in
+    /// order, and forgets the others: for a layer that handles some
+    /// packets itself before a stack sees the rest.
+    pub fn retain(&mut self, mut keep: impl FnMut(RxPacket<'_>) -> bool) {
+        let mut kept = self.next;
+        for k in self.next..self.items.len() {
+            let item = self.items[k];
+            if keep(self.packet(item)) {
+                self.items[kept] = item;
+                kept += 1;
+            }
+        }
+        self.items.truncate(kept);
+    }
+
     fn packet(&self, item: RxItem) -> RxPacket<'_> {
         let frame = match item.source {
             Source::Batch(i) => self.batch.get(i).map(|p| p.link_frame()),

@@ -1,0 +1,477 @@
+//! A netstack for VPN clients and tun2socks-style proxies: every TCP
+//! connection and UDP flow routed into a link — to any address and port —
+//! surfaces as a [`TcpStream`] or a [`UdpFlow`] that knows its original
+//! destination, so the application can forward it.
+//!
+//! - One engine per queue, each a thread that owns a smoltcp interface in
+//!   any-address mode and the queue's device; the kernel's flow hash keeps
+//!   a connection on one queue, so engines share nothing per connection.
+//! - TCP: a SYN to an unknown address and port gets a socket made on
+//!   demand; once the handshake completes the connection comes out of
+//!   [`Netstack::accept`]. With [`NetstackConfig::decide_before_handshake`]
+//!   it comes out of [`Netstack::accept_pending`] first, and the
+//!   application accepts it or refuses it (a reset) — a proxy refuses what
+//!   its upstream refuses.
+//! - Data crosses between engine and application through fixed byte rings
+//!   per direction, without an allocation per packet and without a lock
+//!   held across a poll; a reader that stops reading closes the window.
+//! - UDP never reaches smoltcp: datagrams are taken at the device, grouped
+//!   into flows by source and original destination (expired when idle),
+//!   and replies are built there, leaving from the original destination.
+//! - ICMP echo requests to any address are answered (unless turned off).
+//! - Caps on half-open and established connections and on UDP flows; a
+//!   refused SYN gets a reset and a counter, never a socket.
+//! - Packets to loopback, unspecified, multicast, broadcast and link-local
+//!   destinations are refused and counted unless the policy allows them
+//!   ([`DestinationPolicy`]).
+//!
+//! The link must carry IP packets (a TUN, an IP socketpair, a packet
+//! object); Ethernet links are refused.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use fdlink_core::Link;
+//! use fdlink_smoltcp::netstack::{Netstack, NetstackConfig};
+//!
+//! let netstack = Netstack::open(Link::tun("tun0").queues(2), NetstackConfig::default())?;
+//! loop {
+//!     let mut stream = netstack.accept()?;
+//!     println!("{} wants {}", stream.peer_addr(), stream.original_dst());
+//!     std::thread::spawn(move || {
+//!         let mut buf = [0u8; 16 << 10];
+//!         while let Ok(n) = stream.read(&mut buf) {
+//!             if n == 0 || stream.write_all(&buf[..n]).is_err() {
+//!                 break;
+//!             }
+//!         }
+//!     });
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod engine;
+mod incoming;
+mod policy;
+mod ring;
+mod stats;
+mod stream;
+mod udp;
+mod wake;
+mod wire;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fdlink_core::{Closed, Endpoint, Link, OpenError};
+
+use crate::{DeviceConfig, FdlinkDevice};
+use engine::{Engine, Shared};
+use incoming::Taken;
+use stats::Counters;
+use wake::{Wake, Work};
+
+pub use policy::{DestinationPolicy, SpecialDestination};
+pub use stats::{NetstackStats, Refusal};
+pub use stream::TcpStream;
+pub use udp::UdpFlow;
+
+/// How a [`Netstack`] runs: buffers, caps, timers and policy.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NetstackConfig {
+    /// smoltcp's buffer per TCP connection, each way: the window the peer
+    /// sees. Default 256 KiB.
+    pub tcp_buffer: usize,
+    /// The ring between engine and application per TCP connection, each
+    /// way. Default 64 KiB.
+    pub stream_buffer: usize,
+    /// Bytes of datagrams (and their two-byte lengths) queued per UDP
+    /// flow, each way. Default 64 KiB.
+    pub udp_buffer: usize,
+    /// Most TCP handshakes in progress at once, per queue. Default 1024.
+    pub max_half_open: usize,
+    /// Most TCP connections (half-open included), per queue. Default
+    /// 16384.
+    pub max_connections: usize,
+    /// Most UDP flows, per queue. Default 4096.
+    pub max_udp_flows: usize,
+    /// A UDP flow without a datagram either way for this long ends.
+    /// Default 60 s.
+    pub udp_idle: Duration,
+    /// Keep-alive probes on idle TCP connections, so a peer that vanished
+    /// is noticed. Default every 30 s.
+    pub keep_alive: Option<Duration>,
+    /// A connection whose data goes unacknowledged this long is reset.
+    /// Default 60 s.
+    pub tcp_timeout: Option<Duration>,
+    /// Answer ICMP echo requests to any address. Default on.
+    pub icmp_echo: bool,
+    /// Which special destinations are allowed. Default none.
+    pub policy: DestinationPolicy,
+    /// New connections wait for the application's decision
+    /// ([`Netstack::accept_pending`]) before their handshake. Default off.
+    pub decide_before_handshake: bool,
+    /// The smoltcp device of each queue.
+    pub device: DeviceConfig,
+}
+
+impl Default for NetstackConfig {
+    fn default() -> Self {
+        NetstackConfig {
+            tcp_buffer: 256 << 10,
+            stream_buffer: 64 << 10,
+            udp_buffer: 64 << 10,
+            max_half_open: 1024,
+            max_connections: 16384,
+            max_udp_flows: 4096,
+            udp_idle: Duration::from_secs(60),
+            keep_alive: Some(Duration::from_secs(30)),
+            tcp_timeout: Some(Duration::from_secs(60)),
+            icmp_echo: true,
+            policy: DestinationPolicy::strict(),
+            decide_before_handshake: false,
+            device: DeviceConfig::default(),
+        }
+    }
+}
+
+impl NetstackConfig {
+    /// Sets both TCP buffers per connection, each way:
+    /// [`NetstackConfig::tcp_buffer`] and [`NetstackConfig::stream_buffer`].
+    pub fn buffers(mut self, tcp: usize, stream: usize) -> Self {
+        self.tcp_buffer = tcp.max(1024);
+        self.stream_buffer = stream.max(1024);
+        self
+    }
+
+    /// Sets the caps per queue: half-open and all TCP connections, UDP
+    /// flows.
+    pub fn caps(mut self, half_open: usize, connections: usize, udp_flows: usize) -> Self {
+        self.max_half_open = half_open;
+        self.max_connections = connections;
+        self.max_udp_flows = udp_flows;
+        self
+    }
+
+    /// Sets [`NetstackConfig::udp_idle`].
+    pub fn udp_idle(mut self, idle: Duration) -> Self {
+        self.udp_idle = idle;
+        self
+    }
+
+    /// Sets [`NetstackConfig::icmp_echo`].
+    pub fn icmp_echo(mut self, on: bool) -> Self {
+        self.icmp_echo = on;
+        self
+    }
+
+    /// Sets [`NetstackConfig::policy`].
+    pub fn policy(mut self, policy: DestinationPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets [`NetstackConfig::decide_before_handshake`].
+    pub fn decide_before_handshake(mut self, on: bool) -> Self {
+        self.decide_before_handshake = on;
+        self
+    }
+
+    /// Sets [`NetstackConfig::device`].
+    pub fn device(mut self, device: DeviceConfig) -> Self {
+        self.device = device;
+        self
+    }
+}
+
+/// The application's answer about a held connection.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    Accept(Arc<stream::Conn>),
+    Refuse,
+}
+
+/// A TCP connection waiting, before its handshake, for the application to
+/// accept or refuse it ([`NetstackConfig::decide_before_handshake`]). Its
+/// SYN is held meanwhile (up to 10 s, then refused); dropping it refuses.
+#[derive(Debug)]
+pub struct PendingTcp {
+    id: usize,
+    peer: SocketAddr,
+    original_dst: SocketAddr,
+    decision: Arc<Mutex<Option<Decision>>>,
+    buffer: usize,
+    wake: Arc<Wake>,
+    decided: bool,
+}
+
+impl PendingTcp {
+    pub(crate) fn new(
+        id: usize,
+        peer: SocketAddr,
+        original_dst: SocketAddr,
+        decision: Arc<Mutex<Option<Decision>>>,
+        buffer: usize,
+        wake: Arc<Wake>,
+    ) -> Self {
+        PendingTcp {
+            id,
+            peer,
+            original_dst,
+            decision,
+            buffer,
+            wake,
+            decided: false,
+        }
+    }
+
+    /// The peer on the link.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The address and port the peer wants.
+    pub fn original_dst(&self) -> SocketAddr {
+        self.original_dst
+    }
+
+    /// Accepts: the handshake goes on, and the stream is usable at once
+    /// (reads wait for data; writes are sent once the connection is up; a
+    /// handshake that fails ends it with `ConnectionRefused`).
+    pub fn accept(mut self) -> TcpStream {
+        let conn = Arc::new(stream::Conn::new(
+            self.id,
+            self.peer,
+            self.original_dst,
+            self.buffer,
+            Arc::clone(&self.wake),
+        ));
+        self.decide(Decision::Accept(Arc::clone(&conn)));
+        TcpStream::new(conn)
+    }
+
+    /// Refuses: the peer gets a reset.
+    pub fn refuse(mut self) {
+        self.decide(Decision::Refuse);
+    }
+
+    fn decide(&mut self, decision: Decision) {
+        *self.decision.lock().unwrap_or_else(|e| e.into_inner()) = Some(decision);
+        self.decided = true;
+        self.wake.notify(Work::Decided(self.id));
+    }
+}
+
+impl Drop for PendingTcp {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.decide(Decision::Refuse);
+        }
+    }
+}
+
+/// One engine as the netstack holds it.
+#[derive(Debug)]
+struct EngineHandle {
+    wake: Arc<Wake>,
+    counters: Arc<Counters>,
+    thread: Option<JoinHandle<Option<Closed>>>,
+}
+
+/// A netstack over a link: see the module documentation.
+#[derive(Debug)]
+pub struct Netstack {
+    shared: Arc<Shared>,
+    engines: Vec<EngineHandle>,
+}
+
+impl Netstack {
+    /// Opens `link` ([`Link::open`]) and starts one engine per queue.
+    ///
+    /// # Errors
+    /// What [`Link::open`] returns, or an `Io` error when the link carries
+    /// Ethernet frames or an engine thread cannot start.
+    pub fn open(link: Link, config: NetstackConfig) -> Result<Netstack, OpenError> {
+        let endpoint = link.open()?;
+        Netstack::new(endpoint, config).map_err(|source| OpenError::Io {
+            what: "start the netstack".into(),
+            source,
+        })
+    }
+
+    /// Starts one engine per queue of `endpoint`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an Ethernet link; a thread that cannot start.
+    pub fn new(endpoint: Endpoint, config: NetstackConfig) -> io::Result<Netstack> {
+        if endpoint.is_ethernet() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the netstack needs an IP link (a TUN, an IP socketpair, a packet object)",
+            ));
+        }
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            tcp: incoming::Incoming::new(),
+            udp: incoming::Incoming::new(),
+            pending: incoming::Incoming::new(),
+        });
+        let devices = FdlinkDevice::per_queue(endpoint, config.device);
+        let mut engines = Vec::with_capacity(devices.len());
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(devices.len()));
+        for (q, device) in devices.into_iter().enumerate() {
+            let wake = Arc::new(Wake::new()?);
+            let counters = Arc::new(Counters::default());
+            let engine = Engine::new(
+                device,
+                Arc::clone(&shared),
+                Arc::clone(&counters),
+                Arc::clone(&wake),
+            );
+            let live = Arc::clone(&live);
+            let shared_for_end = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("fdlink-netstack-{q}"))
+                .spawn(move || {
+                    let ended = engine.run();
+                    // The last engine to end closes the queues: accept
+                    // returns what is left, then the closure.
+                    if live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                        shared_for_end.tcp.close();
+                        shared_for_end.udp.close();
+                        shared_for_end.pending.close();
+                    }
+                    ended
+                })?;
+            engines.push(EngineHandle {
+                wake,
+                counters,
+                thread: Some(thread),
+            });
+        }
+        Ok(Netstack { shared, engines })
+    }
+
+    /// The next TCP connection, once its handshake completed; waits for
+    /// one.
+    ///
+    /// # Errors
+    /// `NotConnected` once every engine has ended (the link closed) and
+    /// no connection is left.
+    pub fn accept(&self) -> io::Result<TcpStream> {
+        taken(self.shared.tcp.take(None))
+    }
+
+    /// [`Netstack::accept`] waiting at most `timeout`: `Ok(None)` when none
+    /// came.
+    ///
+    /// # Errors
+    /// As [`Netstack::accept`].
+    pub fn accept_timeout(&self, timeout: Duration) -> io::Result<Option<TcpStream>> {
+        optional(self.shared.tcp.take(Some(timeout)))
+    }
+
+    /// The next TCP connection waiting for a decision
+    /// ([`NetstackConfig::decide_before_handshake`]); waits for one.
+    ///
+    /// # Errors
+    /// As [`Netstack::accept`].
+    pub fn accept_pending(&self) -> io::Result<PendingTcp> {
+        taken(self.shared.pending.take(None))
+    }
+
+    /// The next new UDP flow; waits for one.
+    ///
+    /// # Errors
+    /// As [`Netstack::accept`].
+    pub fn accept_udp(&self) -> io::Result<UdpFlow> {
+        taken(self.shared.udp.take(None))
+    }
+
+    /// [`Netstack::accept_udp`] waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`Netstack::accept`].
+    pub fn accept_udp_timeout(&self, timeout: Duration) -> io::Result<Option<UdpFlow>> {
+        optional(self.shared.udp.take(Some(timeout)))
+    }
+
+    /// The counters of every queue, summed.
+    pub fn stats(&self) -> NetstackStats {
+        self.engines
+            .iter()
+            .map(|e| e.counters.snapshot())
+            .fold(NetstackStats::default(), NetstackStats::merge)
+    }
+
+    /// The counters of each queue.
+    pub fn queue_stats(&self) -> Vec<NetstackStats> {
+        self.engines.iter().map(|e| e.counters.snapshot()).collect()
+    }
+
+    /// Whether every engine has ended (the link closed).
+    pub fn is_closed(&self) -> bool {
+        self.engines
+            .iter()
+            .all(|e| e.thread.as_ref().is_none_or(JoinHandle::is_finished))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Netstack {
+    /// [`Netstack::accept`] as a future.
+    ///
+    /// # Errors
+    /// As [`Netstack::accept`].
+    pub async fn accept_async(&self) -> io::Result<TcpStream> {
+        std::future::poll_fn(|cx| self.shared.tcp.poll_take(cx))
+            .await
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+
+    /// [`Netstack::accept_udp`] as a future.
+    ///
+    /// # Errors
+    /// As [`Netstack::accept`].
+    pub async fn accept_udp_async(&self) -> io::Result<UdpFlow> {
+        std::future::poll_fn(|cx| self.shared.udp.poll_take(cx))
+            .await
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+}
+
+fn taken<T>(t: Taken<T>) -> io::Result<T> {
+    match t {
+        Taken::Item(item) => Ok(item),
+        Taken::TimedOut => Err(io::ErrorKind::TimedOut.into()),
+        Taken::Closed => Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "the netstack's link closed",
+        )),
+    }
+}
+
+fn optional<T>(t: Taken<T>) -> io::Result<Option<T>> {
+    match t {
+        Taken::TimedOut => Ok(None),
+        other => taken(other).map(Some),
+    }
+}
+
+impl Drop for Netstack {
+    /// Stops the engines and joins them; open streams and flows end with
+    /// `ConnectionAborted` / end of file.
+    fn drop(&mut self) {
+        for engine in &self.engines {
+            engine.wake.notify(Work::Stop);
+        }
+        for engine in &mut self.engines {
+            if let Some(thread) = engine.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
