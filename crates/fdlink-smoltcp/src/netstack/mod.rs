@@ -49,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod deadline;
 mod engine;
 mod incoming;
 mod policy;

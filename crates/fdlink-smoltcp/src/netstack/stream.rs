@@ -14,6 +14,7 @@ use std::task::Waker;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::deadline::wait;
 use super::ring::ByteRing;
 use super::wake::{Wake, Work};
 
@@ -239,28 +240,6 @@ impl Conn {
         if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.lock().dropped = true;
             self.wake.notify(Work::Tcp(self.id));
-        }
-    }
-}
-
-/// Waits on `cv` until notified or `deadline`; a deadline passed is
-/// `TimedOut`.
-fn wait<'a>(
-    cv: &Condvar,
-    state: MutexGuard<'a, ConnState>,
-    deadline: Option<Instant>,
-) -> io::Result<MutexGuard<'a, ConnState>> {
-    match deadline {
-        None => Ok(cv.wait(state).unwrap_or_else(|e| e.into_inner())),
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            Ok(cv
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0)
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::deadline::wait;
 use super::ring::ByteRing;
 use super::wake::{Wake, Work};
 
@@ -115,24 +116,7 @@ impl UdpFlow {
             if state.ended {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            state = match deadline {
-                None => self
-                    .flow
-                    .readable
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                    self.flow
-                        .readable
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            state = wait(&self.flow.readable, state, deadline)?;
         }
     }
 
@@ -163,24 +147,7 @@ impl UdpFlow {
                 }
                 return Ok(());
             }
-            state = match deadline {
-                None => self
-                    .flow
-                    .writable
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                    self.flow
-                        .writable
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
+            state = wait(&self.flow.writable, state, deadline)?;
         }
     }
 }
