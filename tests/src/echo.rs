@@ -72,7 +72,9 @@ fn udp_socket() -> udp::Socket<'static> {
 pub struct Status {
     /// The endpoint's counters (shared by every queue's device).
     pub stats: StatsSnapshot,
-    /// The endpoint's MTU.
+    /// The endpoint's MTU, read before the last poll: `poll` made the
+    /// smoltcp interface again for it when it changed, so the interface
+    /// works with (at least) this MTU change.
     pub mtu: u32,
 }
 
@@ -120,6 +122,7 @@ fn serve(
             s.listen(PORT).unwrap();
             tcp.push(sockets.add(s));
         }
+        let mtu = device.endpoint().mtu();
         poll(
             &mut iface,
             &mut device,
@@ -129,7 +132,7 @@ fn serve(
         .expect("poll");
         *status.lock().unwrap_or_else(|e| e.into_inner()) = Status {
             stats: device.endpoint().stats(),
-            mtu: device.endpoint().mtu(),
+            mtu,
         };
         let mut moved = false;
         for &h in &tcp {
