@@ -175,10 +175,12 @@ impl Endpoint {
     }
 
     /// Changes the MTU while the endpoint runs (gVisor's `SetMTU`): sends
-    /// are bounded by the new value at once, and receive buffers follow it —
-    /// a batch grows its buffers on its next receive — so a frame of the
-    /// new size is taken whole, not counted as truncated. Frames the device
-    /// queued before the change arrive as they are.
+    /// are bounded by the new value at once, and receive buffers follow a
+    /// raise — a batch grows its buffers on its next receive — so a frame of
+    /// the new size is taken whole, not counted as truncated. Frames the
+    /// device queued before the change arrive as they are: after a lowering
+    /// the buffers keep their size ([`Endpoint::max_frame_size`] never
+    /// shrinks).
     ///
     /// Buffers the caller fixed ([`Options::receive_buffer_size`]) do not
     /// follow; on `AF_PACKET` channels and with virtio headers they hold a

@@ -102,10 +102,11 @@ impl Config {
 
     pub(crate) fn set_mtu(&self, mtu: u32, max_frame: usize) {
         // The buffers grow first, so a frame of the new size is never
-        // refused as too large for them.
+        // refused as too large for them; they never shrink, so a frame the
+        // device queued before a lowering is still taken whole, not counted
+        // as truncated.
         self.max_frame.fetch_max(max_frame, Ordering::Relaxed);
         self.mtu.store(mtu, Ordering::Relaxed);
-        self.max_frame.store(max_frame, Ordering::Relaxed);
     }
 
     pub(crate) fn set_link_address(&self, mac: Option<MacAddr>) {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::time::Instant;
+use smoltcp::wire::HardwareAddress;
 
 use fdlink_core::Closed;
 
@@ -88,7 +89,13 @@ pub fn poll(
 
 /// Makes `iface` again over `device`, keeping what the application set.
 fn follow_mtu(iface: &mut Interface, device: &mut FdlinkDevice) {
-    let mut config = Config::new(iface.hardware_addr());
+    // `Interface::hardware_addr` panics on an IP-medium interface (a TUN).
+    let hardware = if device.endpoint().is_ethernet() {
+        iface.hardware_addr()
+    } else {
+        HardwareAddress::Ip
+    };
+    let mut config = Config::new(hardware);
     // A fresh seed, as a new interface would get (TCP initial sequence
     // numbers and ephemeral ports come from it).
     config.random_seed = seed();
