@@ -85,6 +85,7 @@ pub(crate) fn run() -> ExitCode {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--all-features",
             "--",
             "-D",
             "warnings",
@@ -92,13 +93,22 @@ pub(crate) fn run() -> ExitCode {
     });
     // Tests that need root print SKIP lines and pass when run unprivileged.
     // `--no-fail-fast`: report every failing test target, not just the first.
+    // `--all-features`: the tokio front of the netstack is tested too.
     steps.step("test", || {
-        cmd::run(&mut cargo(["test", "--workspace", "--no-fail-fast"]))
+        cmd::run(&mut cargo([
+            "test",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+        ]))
     });
     run_examples(&mut steps);
     run_device_examples(&mut steps);
     steps.step("doc", || {
-        cmd::run(cargo(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))
+        cmd::run(
+            cargo(["doc", "--workspace", "--no-deps", "--all-features"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )
     });
     run_deny(&mut steps);
     steps.step("package", package);

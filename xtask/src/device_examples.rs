@@ -41,11 +41,17 @@ pub(crate) fn run() -> Result<(), String> {
         "echo",
         "--example",
         "tun_offload",
+        "--example",
+        "netstack_echo",
+        "--features",
+        "fdlink-smoltcp/tokio",
     ]))?;
     let ns = Namespace::new()?;
     dump(&ns)?;
     echo(&ns)?;
     tun_offload(&ns)?;
+    netstack_echo(&ns, false, "fdx6", 84)?;
+    netstack_echo(&ns, true, "fdx7", 86)?;
     exits_when_tun_deleted(
         &ns,
         "tun_offload",
@@ -116,6 +122,45 @@ fn tun_offload(ns: &Namespace) -> Result<(), String> {
         .status();
     let _ = finish(child, lines, "tun_offload");
     echoed.map_err(|e| format!("tun_offload did not echo over TCP: {e}"))
+}
+
+/// `netstack_echo` echoes TCP and UDP to any address routed into its TUN
+/// (threads, or tokio tasks), and prints its statistics on SIGTERM. The
+/// TUN gets 10.`net`.0.1/24, the subnet 10.`net + 1`.0.0/16 is routed in.
+fn netstack_echo(ns: &Namespace, tokio: bool, tun: &str, net: u8) -> Result<(), String> {
+    let what = if tokio {
+        "netstack_echo --tokio"
+    } else {
+        "netstack_echo"
+    };
+    let mut args = vec!["--tun", tun];
+    if tokio {
+        args.push("--tokio");
+    }
+    let mut child = ns.spawn(&example("netstack_echo"), &args)?;
+    let lines = wait_ready(&mut child, what)?;
+    let routed = format!("10.{}.0.0/16", net + 1);
+    ns.ip(&["addr", "add", &format!("10.{net}.0.1/24"), "dev", tun])?;
+    ns.ip(&["link", "set", tun, "up"])?;
+    ns.ip(&["route", "add", &routed, "dev", tun])?;
+    let far = format!("10.{}.3.4", net + 1);
+    let tcp = format!(
+        "exec 3<>/dev/tcp/{far}/7777 && printf 'any address\\n' >&3 \
+         && read -r -t 5 reply <&3 && [ \"$reply\" = 'any address' ]"
+    );
+    let udp = format!(
+        "exec 4<>/dev/udp/{far}/5353 && printf 'datagram\\n' >&4 \
+         && read -r -t 5 reply <&4 && [ \"$reply\" = 'datagram' ]"
+    );
+    let tcp_echoed = ns.exec("timeout", &["10", "bash", "-c", &tcp]);
+    let udp_echoed = ns.exec("timeout", &["10", "bash", "-c", &udp]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = finish(child, lines, what)?;
+    tcp_echoed.map_err(|e| format!("{what} did not echo TCP to {far}: {e}"))?;
+    udp_echoed.map_err(|e| format!("{what} did not echo UDP to {far}: {e}"))?;
+    check(&out, &["stats tcp_accepted=1 "], what)
 }
 
 /// Starts example `name` on TUN `tun`, waits for `ready`, deletes the TUN

@@ -28,6 +28,49 @@
 //! The link must carry IP packets (a TUN, an IP socketpair, a packet
 //! object); Ethernet links are refused.
 //!
+//! # tun2socks in 30 lines
+//!
+//! Forwarding every connection and flow to its original destination is a
+//! copy each way (the `tunproxy` example is the complete version, with a
+//! SOCKS5 upstream and refusing what the upstream refuses):
+//!
+//! ```no_run
+//! use std::io::copy;
+//! use std::net::{Shutdown, TcpStream, UdpSocket};
+//! use fdlink_core::Link;
+//! use fdlink_smoltcp::netstack::{Netstack, NetstackConfig};
+//!
+//! let netstack = std::sync::Arc::new(Netstack::open(Link::tun("tun0").queues(2), NetstackConfig::default())?);
+//! let udp = netstack.clone();
+//! std::thread::spawn(move || while let Ok(flow) = udp.accept_udp() {
+//!     std::thread::spawn(move || -> std::io::Result<()> {
+//!         let upstream = UdpSocket::bind("0.0.0.0:0")?;
+//!         upstream.connect(flow.original_dst())?;
+//!         let mut buf = vec![0u8; 65536];
+//!         loop {
+//!             let n = flow.recv(&mut buf, None)?;
+//!             upstream.send(&buf[..n])?;
+//!             let n = upstream.recv(&mut buf)?; // one reply per datagram, for brevity
+//!             flow.send(&buf[..n], None)?;
+//!         }
+//!     });
+//! });
+//! loop {
+//!     let client = netstack.accept()?; // client.peer_addr(), client.original_dst()
+//!     std::thread::spawn(move || -> std::io::Result<()> {
+//!         let upstream = TcpStream::connect(client.original_dst())?; // or your SOCKS5 upstream
+//!         let (c, u) = (client.try_clone()?, upstream.try_clone()?);
+//!         let up = std::thread::spawn(move || copy(&mut &c, &mut &u).and_then(|_| u.shutdown(Shutdown::Write)));
+//!         copy(&mut &upstream, &mut &client)?;
+//!         client.shutdown(Shutdown::Write)?;
+//!         up.join().expect("copy thread")
+//!     });
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # An echo server for any address
+//!
 //! ```no_run
 //! use std::io::{Read, Write};
 //! use fdlink_core::Link;
