@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use fdlink_core::Closed;
@@ -20,6 +21,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
 use super::incoming::Incoming;
+use super::ready::ReadyList;
 use super::stats::{Counters, Refusal};
 use super::stream::{Conn, TcpStream};
 use super::udp::{Flow, UdpFlow};
@@ -76,8 +78,8 @@ enum Phase {
         handle: Option<SocketHandle>,
         conn: Arc<Conn>,
         fin_sent: bool,
-        last_state: tcp::State,
-        dirty: bool,
+        /// When the last handle went away.
+        orphaned: Option<Instant>,
     },
 }
 
@@ -85,6 +87,8 @@ struct TcpEntry {
     peer: SocketAddr,
     dst: SocketAddr,
     phase: Phase,
+    /// Puts this connection on the ready list when smoltcp wakes it.
+    waker: Waker,
 }
 
 struct UdpEntry {
@@ -147,6 +151,9 @@ pub(crate) struct Engine {
     counters: Arc<Counters>,
     tcp: Slab<TcpEntry>,
     tcp_by_tuple: HashMap<(SocketAddr, SocketAddr), usize>,
+    /// Connections smoltcp or the application woke since the last visit.
+    ready: Arc<ReadyList>,
+    visiting: Vec<usize>,
     udp: Slab<UdpEntry>,
     udp_by_tuple: HashMap<(SocketAddr, SocketAddr), usize>,
     work: Vec<Work>,
@@ -194,6 +201,8 @@ impl Engine {
             counters,
             tcp: Slab::new(),
             tcp_by_tuple: HashMap::new(),
+            ready: Arc::new(ReadyList::default()),
+            visiting: Vec::new(),
             udp: Slab::new(),
             udp_by_tuple: HashMap::new(),
             work: Vec::new(),
@@ -311,15 +320,7 @@ impl Engine {
 
     fn on_work(&mut self, work: Work) {
         match work {
-            Work::Tcp(id) => {
-                if let Some(TcpEntry {
-                    phase: Phase::Open { dirty, .. },
-                    ..
-                }) = self.tcp.get_mut(id)
-                {
-                    *dirty = true;
-                }
-            }
+            Work::Tcp(id) => self.ready.push(id),
             Work::Udp(id) => self.send_udp(id),
             Work::Decided(id) => self.decided(id),
             Work::Stop => {}
@@ -335,6 +336,7 @@ impl Engine {
             counters,
             tcp,
             tcp_by_tuple,
+            ready,
             udp,
             udp_by_tuple,
             wake,
@@ -377,8 +379,9 @@ impl Engine {
                     return true;
                 }
                 Counters::add(&counters.tcp_half_open, 1);
+                let id = tcp.next_index();
+                let waker = ready.waker(id);
                 if config.decide_before_handshake {
-                    let id = tcp.next_index();
                     let decision = Arc::new(std::sync::Mutex::new(None));
                     tcp.insert(TcpEntry {
                         peer: src,
@@ -388,6 +391,7 @@ impl Engine {
                             decision: Arc::clone(&decision),
                             since: now,
                         },
+                        waker,
                     });
                     tcp_by_tuple.insert((src, dst), id);
                     shared.pending.push(PendingTcp::new(
@@ -400,11 +404,12 @@ impl Engine {
                     ));
                     return false;
                 }
-                let handle = listen(sockets, config, dst);
-                let id = tcp.insert(TcpEntry {
+                let handle = listen(sockets, config, dst, &waker);
+                tcp.insert(TcpEntry {
                     peer: src,
                     dst,
                     phase: Phase::HalfOpen { handle, conn: None },
+                    waker,
                 });
                 tcp_by_tuple.insert((src, dst), id);
                 true
@@ -488,12 +493,14 @@ impl Engine {
         self.reply_ends.clear();
     }
 
-    /// Moves data between smoltcp and the application for every
-    /// connection with something to do; hands over new ones and retires
+    /// Moves data between smoltcp and the application for the
+    /// connections that were woken; hands over new ones and retires
     /// finished ones.
     fn sync_tcp(&mut self) {
-        for id in 0..self.tcp.slots.len() {
-            let Some(entry) = self.tcp.slots[id].as_mut() else {
+        let mut visiting = std::mem::take(&mut self.visiting);
+        self.ready.take(&mut visiting);
+        for &id in &visiting {
+            let Some(entry) = self.tcp.get_mut(id) else {
                 continue;
             };
             match &mut entry.phase {
@@ -519,7 +526,29 @@ impl Engine {
                 }
                 Phase::Open { .. } => self.sync_open(id),
             }
+            self.rearm(id);
         }
+        visiting.clear();
+        self.visiting = visiting;
+    }
+
+    /// Asks smoltcp to wake connection `id` on its next event (a waker
+    /// fires once).
+    fn rearm(&mut self, id: usize) {
+        let Some(entry) = self.tcp.get_mut(id) else {
+            return;
+        };
+        let handle = match &entry.phase {
+            Phase::HalfOpen { handle, .. } => *handle,
+            Phase::Open {
+                handle: Some(handle),
+                ..
+            } => *handle,
+            _ => return,
+        };
+        let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
+        socket.register_recv_waker(&entry.waker);
+        socket.register_send_waker(&entry.waker);
     }
 
     /// A handshake completed: the connection goes to the application.
@@ -544,13 +573,11 @@ impl Engine {
                 false,
             ),
         };
-        let last_state = self.sockets.get::<tcp::Socket<'_>>(handle).state();
         entry.phase = Phase::Open {
             handle: Some(handle),
             conn: Arc::clone(&conn),
             fin_sent: false,
-            last_state,
-            dirty: true,
+            orphaned: None,
         };
         Counters::sub(&self.counters.tcp_half_open, 1);
         Counters::add(&self.counters.tcp_active, 1);
@@ -569,8 +596,7 @@ impl Engine {
             handle,
             conn,
             fin_sent,
-            last_state,
-            dirty,
+            orphaned,
         } = &mut entry.phase
         else {
             return;
@@ -584,14 +610,10 @@ impl Engine {
             return;
         };
         let socket = self.sockets.get_mut::<tcp::Socket<'_>>(h);
-        let state = socket.state();
-        let busy = socket.recv_queue() > 0 || conn.tx_len() > 0;
-        if !busy && state == *last_state && !*dirty {
-            return;
-        }
-        *dirty = false;
-        *last_state = state;
         let mut st = conn.lock();
+        if st.dropped && orphaned.is_none() {
+            *orphaned = Some(Instant::now());
+        }
         let (mut readable, mut writable) = (false, false);
         // The peer's data into the receive ring (or away, once every
         // handle is gone).
@@ -615,7 +637,17 @@ impl Engine {
         if socket.can_recv() {
             conn.set_rx_blocked();
         }
-        if !st.eof && !socket.may_recv() && socket.recv_queue() == 0 {
+        // The peer's FIN, and only that, is the end of the stream: a socket
+        // that a reset, a timeout or an abort closed cannot receive either,
+        // but that is an error the application must see.
+        let peer_finished = matches!(
+            socket.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        );
+        if !st.eof && peer_finished && socket.recv_queue() == 0 {
             st.eof = true;
             readable = true;
         }
@@ -632,7 +664,6 @@ impl Engine {
                 }
             }
         }
-        conn.sent(&st);
         if !*fin_sent && (st.write_shut || st.dropped) && st.tx.is_empty() {
             socket.close();
             *fin_sent = true;
@@ -678,7 +709,12 @@ impl Engine {
         let syn = std::mem::take(syn);
         match decision {
             Some(Decision::Accept(conn)) => {
-                let handle = listen(&mut self.sockets, &self.shared.config, entry.dst);
+                let handle = listen(
+                    &mut self.sockets,
+                    &self.shared.config,
+                    entry.dst,
+                    &entry.waker,
+                );
                 entry.phase = Phase::HalfOpen {
                     handle,
                     conn: Some(conn),
@@ -758,6 +794,22 @@ impl Engine {
         for id in undecided {
             self.decided(id);
         }
+        let linger = self.shared.config.orphan_linger;
+        for entry in self.tcp.slots.iter().flatten() {
+            if let Phase::Open {
+                handle: Some(handle),
+                orphaned: Some(since),
+                ..
+            } = &entry.phase
+                && now.duration_since(*since) >= linger
+            {
+                // A peer that never finishes closing (never sends its FIN,
+                // never takes the last data) must not hold the connection
+                // forever: reset it. The socket's waker brings it to
+                // `sync_open`, which retires it.
+                self.sockets.get_mut::<tcp::Socket<'_>>(*handle).abort();
+            }
+        }
     }
 
     /// The engine ends: every connection and flow learns it.
@@ -789,6 +841,7 @@ fn listen(
     sockets: &mut SocketSet<'static>,
     config: &NetstackConfig,
     dst: SocketAddr,
+    waker: &Waker,
 ) -> SocketHandle {
     let mut socket = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0u8; config.tcp_buffer]),
@@ -804,6 +857,8 @@ fn listen(
     // A port of 0 cannot be listened on; such a SYN is answered with a
     // reset by smoltcp.
     let _ = socket.listen(endpoint);
+    socket.register_recv_waker(waker);
+    socket.register_send_waker(waker);
     sockets.add(socket)
 }
 

@@ -96,6 +96,7 @@ mod deadline;
 mod engine;
 mod incoming;
 mod policy;
+mod ready;
 mod ring;
 mod stats;
 mod stream;
@@ -151,6 +152,11 @@ pub struct NetstackConfig {
     /// A connection whose data goes unacknowledged this long is reset.
     /// Default 60 s.
     pub tcp_timeout: Option<Duration>,
+    /// Once every handle of a connection is gone, how long it may take to
+    /// finish closing (the last data acknowledged, the peer's FIN) before
+    /// it is reset — so a peer that never closes cannot hold it forever.
+    /// Default 60 s, Linux's `tcp_fin_timeout`.
+    pub orphan_linger: Duration,
     /// Answer ICMP echo requests to any address. Default on.
     pub icmp_echo: bool,
     /// Which special destinations are allowed. Default none.
@@ -174,6 +180,7 @@ impl Default for NetstackConfig {
             udp_idle: Duration::from_secs(60),
             keep_alive: Some(Duration::from_secs(30)),
             tcp_timeout: Some(Duration::from_secs(60)),
+            orphan_linger: Duration::from_secs(60),
             icmp_echo: true,
             policy: DestinationPolicy::strict(),
             decide_before_handshake: false,
@@ -203,6 +210,12 @@ impl NetstackConfig {
     /// Sets [`NetstackConfig::udp_idle`].
     pub fn udp_idle(mut self, idle: Duration) -> Self {
         self.udp_idle = idle;
+        self
+    }
+
+    /// Sets [`NetstackConfig::orphan_linger`].
+    pub fn orphan_linger(mut self, linger: Duration) -> Self {
+        self.orphan_linger = linger;
         self
     }
 

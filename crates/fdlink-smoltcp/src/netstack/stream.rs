@@ -28,8 +28,6 @@ pub(crate) struct Conn {
     readable: Condvar,
     writable: Condvar,
     wake: Arc<Wake>,
-    /// Bytes in the send ring, for the engine to look at without the lock.
-    tx_len: AtomicUsize,
     /// The engine could not move all of smoltcp's received data into the
     /// full receive ring: a read that frees room must wake it.
     rx_blocked: AtomicBool,
@@ -79,7 +77,6 @@ impl Conn {
             readable: Condvar::new(),
             writable: Condvar::new(),
             wake,
-            tx_len: AtomicUsize::new(0),
             rx_blocked: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
         }
@@ -87,11 +84,6 @@ impl Conn {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Bytes waiting in the send ring (no lock).
-    pub(crate) fn tx_len(&self) -> usize {
-        self.tx_len.load(Ordering::Acquire)
     }
 
     /// The engine found the receive ring full with more data to come.
@@ -114,11 +106,6 @@ impl Conn {
             }
             self.writable.notify_all();
         }
-    }
-
-    /// The engine took `n` bytes out of the send ring.
-    pub(crate) fn sent(&self, state: &ConnState) {
-        self.tx_len.store(state.tx.len(), Ordering::Release);
     }
 
     /// Reads into `buf`: `Ready(Ok(0))` at end of stream; `Pending` after
@@ -156,7 +143,6 @@ impl Conn {
         }
         let was_empty = state.tx.is_empty();
         let n = state.tx.write(buf);
-        self.tx_len.store(state.tx.len(), Ordering::Release);
         if was_empty {
             self.wake.notify(Work::Tcp(self.id));
         }
