@@ -148,9 +148,11 @@ fn netstack_echo(ns: &Namespace, tokio: bool, tun: &str, net: u8) -> Result<(), 
         "exec 3<>/dev/tcp/{far}/7777 && printf 'any address\\n' >&3 \
          && read -r -t 5 reply <&3 && [ \"$reply\" = 'any address' ]"
     );
+    // `read` takes a byte per system call, which would cut a datagram to
+    // its first byte; `head` reads the whole datagram at once.
     let udp = format!(
         "exec 4<>/dev/udp/{far}/5353 && printf 'datagram\\n' >&4 \
-         && read -r -t 5 reply <&4 && [ \"$reply\" = 'datagram' ]"
+         && reply=$(timeout 5 head -c 9 <&4) && [ \"$reply\" = 'datagram' ]"
     );
     let tcp_echoed = ns.exec("timeout", &["10", "bash", "-c", &tcp]);
     let udp_echoed = ns.exec("timeout", &["10", "bash", "-c", &udp]);
@@ -160,7 +162,7 @@ fn netstack_echo(ns: &Namespace, tokio: bool, tun: &str, net: u8) -> Result<(), 
     let out = finish(child, lines, what)?;
     tcp_echoed.map_err(|e| format!("{what} did not echo TCP to {far}: {e}"))?;
     udp_echoed.map_err(|e| format!("{what} did not echo UDP to {far}: {e}"))?;
-    check(&out, &["stats tcp_accepted=1 "], what)
+    check(&out, &["stats tcp_accepted=1 ", " udp_flows=1 "], what)
 }
 
 /// Starts example `name` on TUN `tun`, waits for `ready`, deletes the TUN
