@@ -498,28 +498,54 @@ impl Engine {
             };
             match &mut entry.phase {
                 Phase::Held { .. } => {}
-                Phase::HalfOpen { handle, conn } => {
-                    let state = self.sockets.get::<tcp::Socket<'_>>(*handle).state();
-                    match state {
-                        tcp::State::Listen | tcp::State::SynReceived => {}
-                        tcp::State::Closed | tcp::State::TimeWait => {
-                            // The handshake failed (reset, timeout).
-                            let (handle, conn) = (*handle, conn.take());
-                            self.sockets.remove(handle);
-                            Counters::sub(&self.counters.tcp_half_open, 1);
-                            if let Some(conn) = conn {
-                                let mut st = conn.lock();
-                                st.error = Some(std::io::ErrorKind::ConnectionRefused);
-                                conn.notify(&mut st, true, true);
-                            }
-                            self.retire(id);
-                        }
-                        _ => self.promote(id),
+                Phase::HalfOpen { handle, .. } => {
+                    let socket = self.sockets.get::<tcp::Socket<'_>>(*handle);
+                    // smoltcp has seen the SYN by now (the poll after the
+                    // inspection takes every packet). Still listening, it
+                    // dropped the SYN, or a reset in SYN-RECEIVED put it
+                    // back to listening, ready to take any other peer's SYN
+                    // to this address; and a socket that took another
+                    // peer's SYN is not this connection. Either way the
+                    // handshake failed (the other peer, unanswered, sends
+                    // its SYN again).
+                    let ours = socket
+                        .remote_endpoint()
+                        .is_some_and(|r| SocketAddr::new(r.addr.into(), r.port) == entry.peer);
+                    match socket.state() {
+                        tcp::State::SynReceived if ours => {}
+                        tcp::State::Listen
+                        | tcp::State::SynReceived
+                        | tcp::State::Closed
+                        | tcp::State::TimeWait => self.half_open_failed(id),
+                        _ if ours => self.promote(id),
+                        _ => self.half_open_failed(id),
                     }
                 }
                 Phase::Open { .. } => self.sync_open(id),
             }
         }
+    }
+
+    /// A handshake failed (a reset, a timeout, a SYN smoltcp did not
+    /// take): the socket goes, and an application that accepted the
+    /// connection before its handshake learns it was refused.
+    fn half_open_failed(&mut self, id: usize) {
+        let Some(TcpEntry {
+            phase: Phase::HalfOpen { handle, conn },
+            ..
+        }) = self.tcp.get_mut(id)
+        else {
+            return;
+        };
+        let (handle, conn) = (*handle, conn.take());
+        self.sockets.remove(handle);
+        Counters::sub(&self.counters.tcp_half_open, 1);
+        if let Some(conn) = conn {
+            let mut st = conn.lock();
+            st.error = Some(std::io::ErrorKind::ConnectionRefused);
+            conn.notify(&mut st, true, true);
+        }
+        self.retire(id);
     }
 
     /// A handshake completed: the connection goes to the application.
