@@ -321,7 +321,7 @@ impl Engine {
                 }
             }
             Work::Udp(id) => self.send_udp(id),
-            Work::Decided(id) => self.decided(id),
+            Work::Decided(id) => self.decided(id, false),
             Work::Stop => {}
         }
     }
@@ -692,18 +692,33 @@ impl Engine {
         }
     }
 
-    /// The application decided on a held connection.
-    fn decided(&mut self, id: usize) {
+    /// The application decided on a held connection, or (`expired`) it
+    /// waited too long, which refuses it. A wake-up that finds no decision
+    /// is stale — an earlier connection's, whose place this one took — and
+    /// changes nothing.
+    fn decided(&mut self, id: usize, expired: bool) {
         let Some(entry) = self.tcp.get_mut(id) else {
             return;
         };
         let Phase::Held { syn, decision, .. } = &mut entry.phase else {
             return;
         };
-        let decision = decision.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let decision = {
+            let mut slot = decision.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.take() {
+                Some(decision) => decision,
+                None if expired => {
+                    // Too late from now on: a later accept gets a refused
+                    // stream (see `PendingTcp::accept`).
+                    *slot = Some(Decision::Expired);
+                    Decision::Refuse
+                }
+                None => return,
+            }
+        };
         let syn = std::mem::take(syn);
         match decision {
-            Some(Decision::Accept(conn)) => {
+            Decision::Accept(conn) => {
                 let handle = listen(&mut self.sockets, &self.shared.config, entry.dst);
                 entry.phase = Phase::HalfOpen {
                     handle,
@@ -711,7 +726,7 @@ impl Engine {
                 };
                 self.device.inject(&syn);
             }
-            Some(Decision::Refuse) | None => {
+            Decision::Refuse | Decision::Expired => {
                 self.counters.refused(Refusal::Application);
                 Counters::sub(&self.counters.tcp_half_open, 1);
                 // No listener: smoltcp answers the SYN with a reset.
@@ -782,7 +797,7 @@ impl Engine {
             })
             .collect();
         for id in undecided {
-            self.decided(id);
+            self.decided(id, true);
         }
     }
 
