@@ -14,8 +14,10 @@
 //! the test then moves the TUN into the client namespace
 //! (`ip link set tpx0 netns ...`), so every case also shows that the proxy
 //! keeps working on a device it no longer sees by name, while its upstream
-//! sockets stay in its own namespace. The example is built here once, in
-//! release mode, with `cargo build` (the cargo that runs the tests).
+//! sockets stay in its own namespace. One case puts a SOCKS5 server
+//! (written here) in the server namespace and runs tunproxy with
+//! `--socks5`. The example is built here once, in release mode, with
+//! `cargo build` (the cargo that runs the tests).
 //!
 //! Only 10.x and fd00:: addresses and loopback, inside namespaces made
 //! here; every wait is bounded.
@@ -304,31 +306,34 @@ impl Drop for Server {
 }
 
 /// Serves TCP on `addr` in `ns`, each connection on a thread of its own
-/// with `handler`.
+/// with `handler`. The threads are started from inside the namespace, so
+/// sockets a handler opens (the SOCKS5 server's) are the namespace's too.
 fn tcp_server(ns: &Netns, addr: SocketAddr, handler: fn(TcpStream)) -> Server {
-    let listener = ns
-        .run(move || TcpListener::bind(addr))
-        .expect("enter the server namespace")
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    listener.set_nonblocking(true).expect("nonblocking");
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
     let (stop2, served2) = (Arc::clone(&stop), Arc::clone(&served));
-    let thread = thread::spawn(move || {
-        let until = Instant::now() + SERVER_LIMIT;
-        while !stop2.load(Ordering::SeqCst) && Instant::now() < until {
-            if !wait_readable(listener.as_fd(), Duration::from_millis(50)).unwrap_or(false) {
-                continue;
-            }
-            if let Ok((stream, _)) = listener.accept() {
-                served2.fetch_add(1, Ordering::SeqCst);
-                stream.set_nonblocking(false).expect("blocking stream");
-                stream.set_read_timeout(Some(LIMIT)).expect("timeout");
-                stream.set_write_timeout(Some(LIMIT)).expect("timeout");
-                thread::spawn(move || handler(stream));
-            }
-        }
-    });
+    let thread = ns
+        .run(move || {
+            let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            listener.set_nonblocking(true).expect("nonblocking");
+            thread::spawn(move || {
+                let until = Instant::now() + SERVER_LIMIT;
+                while !stop2.load(Ordering::SeqCst) && Instant::now() < until {
+                    if !wait_readable(listener.as_fd(), Duration::from_millis(50)).unwrap_or(false)
+                    {
+                        continue;
+                    }
+                    if let Ok((stream, _)) = listener.accept() {
+                        served2.fetch_add(1, Ordering::SeqCst);
+                        stream.set_nonblocking(false).expect("blocking stream");
+                        stream.set_read_timeout(Some(LIMIT)).expect("timeout");
+                        stream.set_write_timeout(Some(LIMIT)).expect("timeout");
+                        thread::spawn(move || handler(stream));
+                    }
+                }
+            })
+        })
+        .expect("enter the server namespace");
     Server {
         stop,
         thread: Some(thread),
@@ -924,4 +929,196 @@ fn syn_flood_leaves_the_proxy_serving() {
     );
     assert_eq!(stats["refused_connections"], 0, "refused_connections");
     assert_eq!(stats["tcp_accepted"], 2, "tcp_accepted");
+}
+
+// ---------------------------------------------------------------------------
+// Through a SOCKS5 server.
+// ---------------------------------------------------------------------------
+
+/// The SOCKS5 server's port (in the server namespace).
+const SOCKS: u16 = 1080;
+/// Requests the SOCKS5 server got, by command.
+static SOCKS_CONNECTS: AtomicUsize = AtomicUsize::new(0);
+static SOCKS_ASSOCIATES: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads a SOCKS5 address (IPv4 or IPv6) of type `atyp`.
+fn read_socks_addr(r: &mut impl Read, atyp: u8) -> io::Result<SocketAddr> {
+    let ip = match atyp {
+        1 => {
+            let mut a = [0u8; 4];
+            r.read_exact(&mut a)?;
+            IpAddr::from(a)
+        }
+        4 => {
+            let mut a = [0u8; 16];
+            r.read_exact(&mut a)?;
+            IpAddr::from(a)
+        }
+        _ => return Err(io::Error::other("address type")),
+    };
+    let mut port = [0u8; 2];
+    r.read_exact(&mut port)?;
+    Ok(SocketAddr::new(ip, u16::from_be_bytes(port)))
+}
+
+fn put_socks_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(1);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+fn socks_reply(c: &mut TcpStream, status: u8, bound: SocketAddr) -> io::Result<()> {
+    let mut reply = vec![5, status, 0];
+    put_socks_addr(&mut reply, bound);
+    c.write_all(&reply)
+}
+
+/// A SOCKS5 server session (RFC 1928: no authentication; CONNECT, relayed
+/// with half-close; UDP ASSOCIATE, relayed until the control connection
+/// closes), written here so the test depends on no outside server.
+fn socks5(mut c: TcpStream) {
+    let _ = socks5_session(&mut c);
+}
+
+fn socks5_session(c: &mut TcpStream) -> io::Result<()> {
+    let mut head = [0u8; 2];
+    c.read_exact(&mut head)?;
+    let mut methods = vec![0u8; usize::from(head[1])];
+    c.read_exact(&mut methods)?;
+    if head[0] != 5 || !methods.contains(&0) {
+        return c.write_all(&[5, 0xff]);
+    }
+    c.write_all(&[5, 0])?;
+    let mut req = [0u8; 4];
+    c.read_exact(&mut req)?;
+    let dst = read_socks_addr(c, req[3])?;
+    let unspecified = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+    match req[1] {
+        1 => {
+            SOCKS_CONNECTS.fetch_add(1, Ordering::SeqCst);
+            let up = match TcpStream::connect_timeout(&dst, Duration::from_secs(5)) {
+                Ok(up) => up,
+                Err(e) => {
+                    let status = if e.kind() == io::ErrorKind::ConnectionRefused {
+                        5
+                    } else {
+                        1
+                    };
+                    return socks_reply(c, status, unspecified);
+                }
+            };
+            socks_reply(c, 0, up.local_addr()?)?;
+            up.set_read_timeout(Some(LIMIT))?;
+            let (c, up) = (&*c, &up);
+            thread::scope(|s| {
+                s.spawn(move || {
+                    let _ = io::copy(&mut &*c, &mut &*up);
+                    let _ = up.shutdown(Shutdown::Write);
+                });
+                let _ = io::copy(&mut &*up, &mut &*c);
+                let _ = c.shutdown(Shutdown::Write);
+            });
+            Ok(())
+        }
+        3 => {
+            SOCKS_ASSOCIATES.fetch_add(1, Ordering::SeqCst);
+            let client_ip = c.peer_addr()?.ip();
+            let relay = UdpSocket::bind((c.local_addr()?.ip(), 0))?;
+            relay.set_read_timeout(Some(Duration::from_millis(20)))?;
+            socks_reply(c, 0, relay.local_addr()?)?;
+            c.set_nonblocking(true)?;
+            let mut client = None;
+            let mut buf = vec![0u8; 65536];
+            let until = Instant::now() + SERVER_LIMIT;
+            while Instant::now() < until {
+                // The association lasts as long as the control connection.
+                match c.read(&mut [0u8; 1]) {
+                    Ok(0) => break,
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => break,
+                    _ => {}
+                }
+                let Ok((n, from)) = relay.recv_from(&mut buf) else {
+                    continue;
+                };
+                if from.ip() == client_ip {
+                    // Reserved, fragment 0, destination, payload.
+                    let mut d = &buf[..n];
+                    let mut fixed = [0u8; 4];
+                    d.read_exact(&mut fixed)?;
+                    let dst = read_socks_addr(&mut d, fixed[3])?;
+                    client = Some(from);
+                    relay.send_to(d, dst)?;
+                } else if let Some(client) = client {
+                    let mut d = vec![0, 0, 0];
+                    put_socks_addr(&mut d, from);
+                    d.extend_from_slice(&buf[..n]);
+                    relay.send_to(&d, client)?;
+                }
+            }
+            Ok(())
+        }
+        _ => socks_reply(c, 7, unspecified),
+    }
+}
+
+/// 8. With `--socks5`, TCP (IPv4 and IPv6 destinations, half-close
+///    included) and UDP go through the SOCKS5 server, and a destination
+///    the server cannot reach is refused with a reset.
+#[test]
+fn through_a_socks5_server() {
+    if !require_root("through_a_socks5_server") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = Topology::new(&["--queues", "2", "--socks5", "10.200.1.2:1080"]);
+    let _servers = [
+        tcp_server(&topo.server, v4(SOCKS), socks5),
+        tcp_server(&topo.server, v4(ECHO), echo),
+        tcp_server(&topo.server, v6(ECHO_AFTER_EOF), echo_after_eof),
+        udp_echo_server(&topo.server, v4(ECHO)),
+    ];
+    SOCKS_CONNECTS.store(0, Ordering::SeqCst);
+    SOCKS_ASSOCIATES.store(0, Ordering::SeqCst);
+    topo.in_client(|| {
+        echo_exchange(v4(ECHO), 200_000, 11);
+        let data = pattern(300_000, 12);
+        let mut s = connect(v6(ECHO_AFTER_EOF)).expect("connect");
+        s.write_all(&data).expect("send");
+        s.shutdown(Shutdown::Write).expect("half-close");
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).expect("the reply");
+        assert!(reply == data, "the reply through SOCKS5 differs");
+        let err = TcpStream::connect_timeout(&v4(CLOSED), LIMIT)
+            .map(drop)
+            .expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("UDP socket");
+        socket.set_read_timeout(Some(LIMIT)).expect("timeout");
+        let mut buf = vec![0u8; 2048];
+        for size in [0, 1, 100, 1400] {
+            let payload = pattern(size, 13);
+            socket.send_to(&payload, v4(ECHO)).expect("send");
+            let (n, from) = socket.recv_from(&mut buf).expect("the echo");
+            assert_eq!(from, v4(ECHO), "the reply's source");
+            assert_eq!(&buf[..n], &payload[..], "echo of {size} bytes");
+        }
+    });
+    assert_eq!(SOCKS_CONNECTS.load(Ordering::SeqCst), 3, "SOCKS5 CONNECTs");
+    assert_eq!(
+        SOCKS_ASSOCIATES.load(Ordering::SeqCst),
+        1,
+        "SOCKS5 UDP ASSOCIATEs"
+    );
+    let stats = topo.tunproxy.stop();
+    assert_eq!(stats["tcp_accepted"], 2, "tcp_accepted");
+    assert_eq!(stats["refused_by_app"], 1, "refused_by_app");
+    assert_eq!(stats["udp_flows"], 1, "udp_flows");
 }
