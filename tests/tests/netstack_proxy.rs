@@ -239,6 +239,15 @@ impl Topology {
             ns.addr(dev, v6).expect("veth IPv6");
             ns.link_up(dev).expect("veth up");
         }
+        // The proxy reaches the servers before the cases start: the first
+        // IPv6 neighbour resolution on a new link can take a second, long
+        // enough for a client's SYN to be sent again, which would blur the
+        // exact counts.
+        for target in ["10.200.1.2", "fd00:200:1::2"] {
+            proxy
+                .exec("ping", &["-c", "1", "-W", "5", target])
+                .expect("the proxy namespace reaches the server namespace");
+        }
         let tunproxy = Tunproxy::start(&proxy, args);
         // From here on tunproxy has only its descriptors.
         proxy
