@@ -45,8 +45,17 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// A netstack over one end of a fresh socketpair; the other end returned.
+///
+/// Both ends get 4 MiB socket buffers: a client that falls behind must not
+/// make the netstack drop packets (after its send timeout), for a lost
+/// window update can stall smoltcp's sender on the other end, and these
+/// tests are about what crosses, not about loss.
 fn netstack(config: NetstackConfig) -> (Netstack, OwnedFd) {
     let (ours, theirs) = socketpair(SocketType::SeqPacket).expect("socketpair");
+    for fd in [&ours, &theirs] {
+        fdlink_sys::packet::set_send_buffer(fd.as_fd(), 4 << 20).expect("SO_SNDBUF");
+        fdlink_sys::packet::set_recv_buffer(fd.as_fd(), 4 << 20).expect("SO_RCVBUF");
+    }
     let ns = Netstack::open(Link::socket(ours), config).expect("open the netstack");
     (ns, theirs)
 }
@@ -431,10 +440,12 @@ fn accept_gives_peer_and_original_destination_and_data_crosses_exactly() {
     let client = Client::new(theirs);
     for dst in [addr("10.1.2.3:80"), addr("[fd00:1::99]:443")] {
         let (h, local) = client.connect(dst, 256 << 10);
-        let stream = ns
+        let mut stream = ns
             .accept_timeout(LIMIT)
             .expect("accept")
             .expect("a connection");
+        stream.set_read_timeout(Some(LIMIT));
+        stream.set_write_timeout(Some(LIMIT));
         assert_eq!(stream.peer_addr(), local, "peer");
         assert_eq!(stream.original_dst(), dst, "original destination");
         client.wait_tcp(h, "established", |s| {
@@ -447,7 +458,14 @@ fn accept_gives_peer_and_original_destination_and_data_crosses_exactly() {
             // writes all of `down`, at once.
             let reader = s.spawn(|| {
                 let mut got = vec![0u8; up.len()];
-                (&stream).read_exact(&mut got).expect("read");
+                if let Err(e) = (&stream).read_exact(&mut got) {
+                    let (state, queued) = client.tcp(h, |s| (s.state(), s.send_queue()));
+                    panic!(
+                        "read: {e}; client {state} with {queued} bytes unacknowledged; {:?}; client link {:?}",
+                        ns.stats(),
+                        client.with(|s| s.device.endpoint().stats())
+                    );
+                }
                 got
             });
             let writer = s.spawn(|| (&stream).write_all(&down).expect("write"));
