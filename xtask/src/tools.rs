@@ -58,6 +58,16 @@ const TOOLS: &[Tool] = &[
         command: "kill",
         package: "procps",
     },
+    // `netstack_proxy`: an HTTP download through the tunproxy example, from
+    // `python3 -m http.server` to `curl`.
+    Tool {
+        command: "curl",
+        package: "curl",
+    },
+    Tool {
+        command: "python3",
+        package: "python3",
+    },
     // Not run by the tests but by the kernel, to load `tun`, `veth` and
     // the like on first use; without it those devices cannot be created.
     Tool {

@@ -322,7 +322,7 @@ impl Engine {
         match work {
             Work::Tcp(id) => self.ready.push(id),
             Work::Udp(id) => self.send_udp(id),
-            Work::Decided(id) => self.decided(id),
+            Work::Decided(id) => self.decided(id, false),
             Work::Stop => {}
         }
     }
@@ -412,6 +412,9 @@ impl Engine {
                     waker,
                 });
                 tcp_by_tuple.insert((src, dst), id);
+                // Looked at after the poll takes the SYN, even if smoltcp
+                // drops it (and so never wakes the socket).
+                ready.push(id);
                 true
             }
             Inbound::Udp { src, dst, payload } => {
@@ -505,23 +508,27 @@ impl Engine {
             };
             match &mut entry.phase {
                 Phase::Held { .. } => {}
-                Phase::HalfOpen { handle, conn } => {
-                    let state = self.sockets.get::<tcp::Socket<'_>>(*handle).state();
-                    match state {
-                        tcp::State::Listen | tcp::State::SynReceived => {}
-                        tcp::State::Closed | tcp::State::TimeWait => {
-                            // The handshake failed (reset, timeout).
-                            let (handle, conn) = (*handle, conn.take());
-                            self.sockets.remove(handle);
-                            Counters::sub(&self.counters.tcp_half_open, 1);
-                            if let Some(conn) = conn {
-                                let mut st = conn.lock();
-                                st.error = Some(std::io::ErrorKind::ConnectionRefused);
-                                conn.notify(&mut st, true, true);
-                            }
-                            self.retire(id);
-                        }
-                        _ => self.promote(id),
+                Phase::HalfOpen { handle, .. } => {
+                    let socket = self.sockets.get::<tcp::Socket<'_>>(*handle);
+                    // smoltcp has seen the SYN by now (the poll after the
+                    // inspection takes every packet). Still listening, it
+                    // dropped the SYN, or a reset in SYN-RECEIVED put it
+                    // back to listening, ready to take any other peer's SYN
+                    // to this address; and a socket that took another
+                    // peer's SYN is not this connection. Either way the
+                    // handshake failed (the other peer, unanswered, sends
+                    // its SYN again).
+                    let ours = socket
+                        .remote_endpoint()
+                        .is_some_and(|r| SocketAddr::new(r.addr.into(), r.port) == entry.peer);
+                    match socket.state() {
+                        tcp::State::SynReceived if ours => {}
+                        tcp::State::Listen
+                        | tcp::State::SynReceived
+                        | tcp::State::Closed
+                        | tcp::State::TimeWait => self.half_open_failed(id),
+                        _ if ours => self.promote(id),
+                        _ => self.half_open_failed(id),
                     }
                 }
                 Phase::Open { .. } => self.sync_open(id),
@@ -549,6 +556,28 @@ impl Engine {
         let socket = self.sockets.get_mut::<tcp::Socket<'_>>(handle);
         socket.register_recv_waker(&entry.waker);
         socket.register_send_waker(&entry.waker);
+    }
+
+    /// A handshake failed (a reset, a timeout, a SYN smoltcp did not
+    /// take): the socket goes, and an application that accepted the
+    /// connection before its handshake learns it was refused.
+    fn half_open_failed(&mut self, id: usize) {
+        let Some(TcpEntry {
+            phase: Phase::HalfOpen { handle, conn },
+            ..
+        }) = self.tcp.get_mut(id)
+        else {
+            return;
+        };
+        let (handle, conn) = (*handle, conn.take());
+        self.sockets.remove(handle);
+        Counters::sub(&self.counters.tcp_half_open, 1);
+        if let Some(conn) = conn {
+            let mut st = conn.lock();
+            st.error = Some(std::io::ErrorKind::ConnectionRefused);
+            conn.notify(&mut st, true, true);
+        }
+        self.retire(id);
     }
 
     /// A handshake completed: the connection goes to the application.
@@ -697,18 +726,33 @@ impl Engine {
         }
     }
 
-    /// The application decided on a held connection.
-    fn decided(&mut self, id: usize) {
+    /// The application decided on a held connection, or (`expired`) it
+    /// waited too long, which refuses it. A wake-up that finds no decision
+    /// is stale — an earlier connection's, whose place this one took — and
+    /// changes nothing.
+    fn decided(&mut self, id: usize, expired: bool) {
         let Some(entry) = self.tcp.get_mut(id) else {
             return;
         };
         let Phase::Held { syn, decision, .. } = &mut entry.phase else {
             return;
         };
-        let decision = decision.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let decision = {
+            let mut slot = decision.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.take() {
+                Some(decision) => decision,
+                None if expired => {
+                    // Too late from now on: a later accept gets a refused
+                    // stream (see `PendingTcp::accept`).
+                    *slot = Some(Decision::Expired);
+                    Decision::Refuse
+                }
+                None => return,
+            }
+        };
         let syn = std::mem::take(syn);
         match decision {
-            Some(Decision::Accept(conn)) => {
+            Decision::Accept(conn) => {
                 let handle = listen(
                     &mut self.sockets,
                     &self.shared.config,
@@ -720,8 +764,11 @@ impl Engine {
                     conn: Some(conn),
                 };
                 self.device.inject(&syn);
+                // Looked at after the poll takes the SYN, even if smoltcp
+                // drops it (and so never wakes the socket).
+                self.ready.push(id);
             }
-            Some(Decision::Refuse) | None => {
+            Decision::Refuse | Decision::Expired => {
                 self.counters.refused(Refusal::Application);
                 Counters::sub(&self.counters.tcp_half_open, 1);
                 // No listener: smoltcp answers the SYN with a reset.
@@ -792,7 +839,7 @@ impl Engine {
             })
             .collect();
         for id in undecided {
-            self.decided(id);
+            self.decided(id, true);
         }
         let linger = self.shared.config.orphan_linger;
         for entry in self.tcp.slots.iter().flatten() {

@@ -249,6 +249,8 @@ impl NetstackConfig {
 pub(crate) enum Decision {
     Accept(Arc<stream::Conn>),
     Refuse,
+    /// Set by the engine: it stopped waiting and refused the connection.
+    Expired,
 }
 
 /// A TCP connection waiting, before its handshake, for the application to
@@ -297,7 +299,8 @@ impl PendingTcp {
 
     /// Accepts: the handshake goes on, and the stream is usable at once
     /// (reads wait for data; writes are sent once the connection is up; a
-    /// handshake that fails ends it with `ConnectionRefused`).
+    /// handshake that fails ends it with `ConnectionRefused`, and so does
+    /// an accept that comes after the netstack stopped waiting).
     pub fn accept(mut self) -> TcpStream {
         let conn = Arc::new(stream::Conn::new(
             self.id,
@@ -306,7 +309,9 @@ impl PendingTcp {
             self.buffer,
             Arc::clone(&self.wake),
         ));
-        self.decide(Decision::Accept(Arc::clone(&conn)));
+        if !self.decide(Decision::Accept(Arc::clone(&conn))) {
+            conn.lock().error = Some(io::ErrorKind::ConnectionRefused);
+        }
         TcpStream::new(conn)
     }
 
@@ -315,10 +320,18 @@ impl PendingTcp {
         self.decide(Decision::Refuse);
     }
 
-    fn decide(&mut self, decision: Decision) {
-        *self.decision.lock().unwrap_or_else(|e| e.into_inner()) = Some(decision);
+    /// Hands the decision to the engine; false when it came too late (the
+    /// engine refused the connection already).
+    fn decide(&mut self, decision: Decision) -> bool {
         self.decided = true;
+        let mut slot = self.decision.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*slot, Some(Decision::Expired)) {
+            return false;
+        }
+        *slot = Some(decision);
+        drop(slot);
         self.wake.notify(Work::Decided(self.id));
+        true
     }
 }
 
