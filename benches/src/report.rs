@@ -90,15 +90,44 @@ impl Row {
     }
 }
 
-/// A goal: a row's ratio must reach `min`.
+/// A goal on one row.
 #[derive(Debug, Clone)]
 pub struct Goal {
     /// What the goal says.
     pub text: &'static str,
-    /// The row (by [`Row::label`]) whose ratio is checked.
+    /// The row (by [`Row::label`]) that is checked.
     pub row: String,
-    /// The least ratio that meets it.
-    pub min: f64,
+    /// What meets it.
+    pub bound: Bound,
+}
+
+/// What meets a [`Goal`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    /// The row's ratio is at least this.
+    RatioAtLeast(f64),
+    /// The row's own figure (median, in the row's unit) is at most this.
+    ValueAtMost(f64),
+}
+
+impl Goal {
+    /// A goal met by a ratio of at least `min`.
+    pub fn ratio(text: &'static str, row: impl Into<String>, min: f64) -> Goal {
+        Goal {
+            text,
+            row: row.into(),
+            bound: Bound::RatioAtLeast(min),
+        }
+    }
+
+    /// A goal met by a figure of at most `max`.
+    pub fn value_at_most(text: &'static str, row: impl Into<String>, max: f64) -> Goal {
+        Goal {
+            text,
+            row: row.into(),
+            bound: Bound::ValueAtMost(max),
+        }
+    }
 }
 
 /// Formats a figure with a precision that suits its size.
@@ -137,16 +166,25 @@ fn wakeups(s: &Summary) -> Option<String> {
     s.per_wakeup.map(|w| format!("{w:.1}"))
 }
 
-/// How each goal fared: `(goal, achieved ratio, met)`.
+/// How each goal fared: `(goal, achieved ratio or figure, met)`.
 pub fn check_goals<'g>(rows: &[Row], goals: &'g [Goal]) -> Vec<(&'g Goal, Option<f64>, bool)> {
     goals
         .iter()
         .map(|g| {
-            let ratio = rows
-                .iter()
-                .find(|r| r.label() == g.row)
-                .and_then(Row::ratio);
-            (g, ratio, ratio.is_some_and(|r| r >= g.min))
+            let row = rows.iter().find(|r| r.label() == g.row);
+            match g.bound {
+                Bound::RatioAtLeast(min) => {
+                    let ratio = row.and_then(Row::ratio);
+                    (g, ratio, ratio.is_some_and(|r| r >= min))
+                }
+                Bound::ValueAtMost(max) => {
+                    let value = row.and_then(|r| match r.outcome {
+                        Outcome::Measured { value, .. } => Some(value.median),
+                        _ => None,
+                    });
+                    (g, value, value.is_some_and(|v| v <= max))
+                }
+            }
         })
         .collect()
 }
@@ -196,11 +234,21 @@ pub fn markdown(rows: &[Row], goals: &[Goal], header: &str) -> String {
             }
         }
     }
-    md.push_str("\n## Goals\n\n| goal | ratio | |\n|---|---:|---|\n");
-    for (g, ratio, met) in check_goals(rows, goals) {
-        let (r, verdict) = match ratio {
-            Some(r) => (format!("{r:.2}"), if met { "met" } else { "**missed**" }),
-            None => ("—".to_owned(), "not measured"),
+    md.push_str("\n## Goals\n\n| goal | ratio (or figure) | |\n|---|---:|---|\n");
+    for (g, achieved, met) in check_goals(rows, goals) {
+        let unit = rows
+            .iter()
+            .find(|r| r.label() == g.row)
+            .map_or("", |r| r.unit);
+        let (r, verdict) = match (achieved, g.bound) {
+            (Some(r), Bound::RatioAtLeast(_)) => {
+                (format!("{r:.2}"), if met { "met" } else { "**missed**" })
+            }
+            (Some(v), Bound::ValueAtMost(_)) => (
+                format!("{} {unit}", fmt_value(v)),
+                if met { "met" } else { "**missed**" },
+            ),
+            (None, _) => ("—".to_owned(), "not measured"),
         };
         let _ = writeln!(md, "| {} | {r} | {verdict} |", g.text);
     }
@@ -290,4 +338,48 @@ fn svg_empty(path: &Path) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(name: &str, value: f64, baseline: f64) -> Row {
+        Row::measured(
+            "g",
+            name,
+            "KiB",
+            "b",
+            Summary::single(value),
+            Summary::single(baseline),
+        )
+    }
+
+    #[test]
+    fn goals_check_a_ratio_from_below_and_a_figure_from_above() {
+        let rows = [measured("fast", 5.0, 1.0), measured("small", 40.0, 80.0)];
+        let goals = [
+            Goal::ratio("ratio met", "g: fast", 4.0),
+            Goal::ratio("ratio missed", "g: fast", 6.0),
+            Goal::value_at_most("figure met", "g: small", 64.0),
+            Goal::value_at_most("figure missed", "g: small", 32.0),
+            Goal::ratio("absent", "g: none", 1.0),
+        ];
+        let verdicts: Vec<(Option<f64>, bool)> = check_goals(&rows, &goals)
+            .into_iter()
+            .map(|(_, achieved, met)| (achieved, met))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                (Some(5.0), true),
+                (Some(5.0), false),
+                (Some(40.0), true),
+                (Some(40.0), false),
+                (None, false)
+            ]
+        );
+        let md = markdown(&rows, &goals, "");
+        assert!(md.contains("| figure met | 40.0 KiB | met |"), "{md}");
+    }
 }
