@@ -33,6 +33,9 @@ use crate::stacks::{self, Buffers, Running, Serve, Stack};
 pub const ECHO_CONNECTIONS: [usize; 2] = [1, 8];
 /// Bytes per client write in the echo scenario.
 const ECHO_CHUNK: usize = 64 << 10;
+/// How long the client waits for the rest of the echo and the server's
+/// FIN once it has sent its own.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes echoed per connection in the connections/s scenario.
 const CPS_ECHO: usize = 1024;
 /// Client threads of the connections/s scenario, each connecting one
@@ -140,6 +143,8 @@ fn echo_client(addr: SocketAddr, conns: usize, plan: &Plan) -> Result<Sample, St
     let chunk = vec![0x5au8; ECHO_CHUNK];
     let mut buf = vec![0u8; 256 << 10];
     let mut echoed = 0u64;
+    // Per connection: bytes written, bytes read back.
+    let mut counts = vec![(0u64, 0u64); conns];
     let mut window = Window::new(plan);
     let io = |what: &str, e: io::Error| format!("client {what}: {e}");
     loop {
@@ -159,7 +164,10 @@ fn echo_client(addr: SocketAddr, conns: usize, plan: &Plan) -> Result<Sample, St
                 loop {
                     match s.read(&mut buf) {
                         Ok(0) => return Err("the server closed a connection".into()),
-                        Ok(n) => echoed += n as u64,
+                        Ok(n) => {
+                            echoed += n as u64;
+                            counts[i].1 += n as u64;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(io("read", e)),
                     }
@@ -167,16 +175,59 @@ fn echo_client(addr: SocketAddr, conns: usize, plan: &Plan) -> Result<Sample, St
             }
             if set[2 * i + 1].is_ready() {
                 match s.write(&chunk) {
-                    Ok(_) => {}
+                    Ok(n) => counts[i].0 += n as u64,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(io("write", e)),
                 }
             }
         }
         if let Some(sample) = window.update(echoed)? {
-            return Ok(sample);
+            return match finish(&streams, &counts, &mut buf) {
+                Ok(()) => Ok(sample),
+                Err(e) => Err(format!(
+                    "{e} (it echoed {:.2} Gbit/s until then)",
+                    sample.value
+                )),
+            };
         }
     }
+}
+
+/// Ends the echo run as a client would: a FIN behind the data still
+/// queued (so it travels with data), then everything echoed back and the
+/// server's FIN, within [`FINISH_TIMEOUT`].
+fn finish(streams: &[TcpStream], counts: &[(u64, u64)], buf: &mut [u8]) -> Result<(), String> {
+    for s in streams {
+        s.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| format!("client shutdown: {e}"))?;
+    }
+    for (i, (mut s, &(written, mut read))) in streams.iter().zip(counts).enumerate() {
+        s.set_nonblocking(false)
+            .and_then(|()| s.set_read_timeout(Some(FINISH_TIMEOUT)))
+            .map_err(|e| e.to_string())?;
+        let lost = |read: u64, why: String| {
+            format!(
+                "connection {i}: after the client's FIN, {read} of {written} bytes echoed, then {why}"
+            )
+        };
+        loop {
+            match s.read(buf) {
+                Ok(0) if read == written => break,
+                Ok(0) => return Err(lost(read, "the server's FIN".into())),
+                Ok(n) => read += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(lost(read, format!("nothing for {FINISH_TIMEOUT:?}")));
+                }
+                Err(e) => return Err(lost(read, e.to_string())),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// [`CPS_CLIENTS`] threads, each connecting, echoing 1 KiB and closing,
@@ -260,12 +311,14 @@ fn with_server(
         .map_err(|e| format!("netns: {e}"))?;
     drop(server);
     if ns.ip(&["link", "show", "dev", &tun]).is_ok() {
-        // Its threads wait forever, idle; the next server has a TUN of
-        // its own.
+        // Its threads wait forever, idle. Delete the device, so that its
+        // address and routes do not stand in the next server's way.
         eprintln!(
-            "bench: {}: stopped, but its TUN {tun} is still open (its runtime did not shut down)",
+            "bench: {}: stopped, but its TUN {tun} is still open (its runtime did not shut down); deleting it",
             stack.label()
         );
+        ns.ip(&["link", "del", "dev", &tun])
+            .map_err(|e| format!("delete the leftover {tun}: {e}"))?;
     }
     result
 }
