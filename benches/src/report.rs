@@ -40,6 +40,9 @@ pub enum Outcome {
     Skipped(String),
     /// The scenario failed, with the error.
     Failed(String),
+    /// The baseline — a peer project, not fdlink — failed, with its error:
+    /// reported, but the run still succeeds.
+    BaselineFailed(String),
 }
 
 impl Row {
@@ -231,6 +234,9 @@ pub fn markdown(rows: &[Row], goals: &[Goal], header: &str) -> String {
             }
             Outcome::Failed(why) => {
                 let _ = writeln!(md, "| {} | FAILED: {why} | | | | | | |", r.label());
+            }
+            Outcome::BaselineFailed(why) => {
+                let _ = writeln!(md, "| {} | | FAILED: {why} | | | | | |", r.label());
             }
         }
     }

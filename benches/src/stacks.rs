@@ -64,6 +64,9 @@ pub enum Stack {
         /// Virtio headers and the kernel's offloads, GSO.
         offload: bool,
     },
+    /// fdlink's netstack on std threads with offload, its smoltcp buffer
+    /// and stream ring each 1 MiB each way, as the echo engine's buffers.
+    NetstackEngineBuffers,
     /// fdlink's `echo` example engine: one smoltcp interface over an
     /// [`FdlinkDevice`] with offload, eight listening sockets, data moved
     /// from each socket's receive to its send buffer.
@@ -94,6 +97,7 @@ impl Stack {
                 tokio: true,
                 offload: false,
             } => "tokio no offload",
+            Stack::NetstackEngineBuffers => "threads offload, 1 MiB buffers as the engine's",
             Stack::EchoEngine => "fdlink echo engine (raw smoltcp loop, offload)",
             Stack::NetstackSmoltcp => "netstack-smoltcp 0.2.4 + tun-rs offload",
             Stack::Ipstack => "ipstack 1.0.1, plain TUN",
@@ -194,6 +198,9 @@ pub fn start(
 ) -> Result<Running, String> {
     match stack {
         Stack::Netstack { tokio, offload } => start_netstack(ns, tokio, offload, serve, buffers),
+        Stack::NetstackEngineBuffers => {
+            start_netstack(ns, false, true, serve, Some(Buffers(ENGINE_BUFFER)))
+        }
         Stack::EchoEngine => start_echo_engine(ns),
         Stack::NetstackSmoltcp => start_netstack_smoltcp(ns, serve, buffers),
         Stack::Ipstack => start_ipstack(ns),
