@@ -318,7 +318,12 @@ fn with_server(
     let tun = server.tun.clone();
     let result = ns
         .run(move || client(addr))
-        .map_err(|e| format!("netns: {e}"))?;
+        .map_err(|e| format!("netns: {e}"))?
+        .map_err(|e| match server.netstack_stats() {
+            // What the engines counted, to tell where the bytes stopped.
+            Some(stats) => format!("{e} [netstack: {stats}]"),
+            None => e,
+        });
     drop(server);
     if ns.ip(&["link", "show", "dev", &tun]).is_ok() {
         // Its threads wait forever, idle. Delete the device, so that its
