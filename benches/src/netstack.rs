@@ -338,29 +338,54 @@ fn with_server(
     result
 }
 
-/// Measures every variant `runs` times, interleaved; a variant that fails
-/// keeps its error and is not run again.
+/// Failures after which a variant is not run again (a peer that fails
+/// every run should not cost every run's timeouts).
+const MAX_FAILURES: usize = 2;
+
+/// Measures every variant `runs` times, interleaved. A variant with a
+/// failed run is a failure, whose error says how many runs failed and
+/// what the others measured; after [`MAX_FAILURES`] it is not run again.
 fn interleaved_or_failed(
     runs: usize,
     variants: &[Stack],
     mut measure: impl FnMut(Stack) -> Result<Sample, String>,
 ) -> Vec<Result<Summary, String>> {
-    let mut out: Vec<Result<Vec<Sample>, String>> = vec![Ok(Vec::new()); variants.len()];
+    let mut out: Vec<(Vec<Sample>, Vec<String>)> = vec![(Vec::new(), Vec::new()); variants.len()];
     for _ in 0..runs {
         for (i, v) in variants.iter().enumerate() {
-            if let Ok(samples) = &mut out[i] {
-                match measure(*v) {
-                    Ok(s) => samples.push(s),
-                    Err(e) => {
-                        eprintln!("bench: {}: {e}", v.label());
-                        out[i] = Err(e);
-                    }
+            let (samples, errors) = &mut out[i];
+            if errors.len() >= MAX_FAILURES {
+                continue;
+            }
+            match measure(*v) {
+                Ok(s) => samples.push(s),
+                Err(e) => {
+                    eprintln!("bench: {}: {e}", v.label());
+                    errors.push(e);
                 }
             }
         }
     }
     out.into_iter()
-        .map(|r| r.map(|s| Summary::of(&s)))
+        .map(|(samples, errors)| match errors.first() {
+            None => Ok(Summary::of(&samples)),
+            Some(first) => {
+                let others = if samples.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; the {} other runs: median {}",
+                        samples.len(),
+                        crate::report::fmt_value(Summary::of(&samples).median)
+                    )
+                };
+                Err(format!(
+                    "{} of {} runs failed, the first: {first}{others}",
+                    errors.len(),
+                    errors.len() + samples.len()
+                ))
+            }
+        })
         .collect()
 }
 
