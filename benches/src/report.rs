@@ -274,7 +274,10 @@ pub fn svg(rows: &[Row], path: &Path) -> Result<(), String> {
     let n = bars.len();
     let max = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.15;
     let height = 90 + 26 * n as u32;
-    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
+    // Room for the longest label (about 6.5 px a character at 12 px).
+    let longest = bars.iter().map(|b| b.0.chars().count()).max().unwrap_or(0) as u32;
+    let label_width = (longest * 13 / 2 + 10).max(470);
+    let root = SVGBackend::new(path, (630 + label_width, height)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| format!("plot: {e}");
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -284,7 +287,7 @@ pub fn svg(rows: &[Row], path: &Path) -> Result<(), String> {
         )
         .margin(10)
         .x_label_area_size(30)
-        .y_label_area_size(470)
+        .y_label_area_size(label_width)
         .build_cartesian_2d(0.0..max, (0..n).into_segmented())
         .map_err(|e| err(&e))?;
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
