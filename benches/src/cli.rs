@@ -8,11 +8,12 @@ use fdlink_tests::netns::Netns;
 
 use crate::measure::{Plan, Summary};
 use crate::report::{self, Goal, Outcome, Row};
-use crate::{afpacket, pps, tcp};
+use crate::{afpacket, netstack, pps, tcp};
 
-const USAGE: &str = "usage: bench [--quick] [--out DIR] [--only pps,afpacket,tcp,micro]";
-/// `tcp` includes the ceilings, which are interleaved with the TCP runs.
-const GROUPS: [&str; 4] = ["pps", "afpacket", "tcp", "micro"];
+const USAGE: &str = "usage: bench [--quick] [--out DIR] [--only pps,afpacket,tcp,netstack,micro]";
+/// `tcp` includes the ceilings, which are interleaved with the TCP runs;
+/// `netstack` the echo, connections/s and memory scenarios.
+const GROUPS: [&str; 5] = ["pps", "afpacket", "tcp", "netstack", "micro"];
 
 /// How long the kernel gets to clean up a deleted namespace before the next
 /// measurement.
@@ -57,39 +58,84 @@ fn missing_privileges() -> Option<String> {
     (!(root && tun)).then(|| format!("needs root and /dev/net/tun (root: {root}, tun: {tun})"))
 }
 
-/// The goals of issue 6, each on one row's ratio.
-pub fn goals() -> Vec<Goal> {
+/// The goals: issue 6's on the link, then the netstack's, each on one
+/// row (the memory row names its connections, fewer in a smoke run).
+pub fn goals(quick: bool) -> Vec<Goal> {
+    use crate::netstack::{
+        CPS_GROUP, ECHO_GROUP, GOAL_VARIANT, MEMORY_GROUP, cps_row_name, echo_row_name,
+        memory_connections, memory_row_name,
+    };
+    use crate::stacks::Stack;
+    let echo = |conns: usize, baseline: Stack| {
+        format!(
+            "{ECHO_GROUP}: {}",
+            echo_row_name(conns, GOAL_VARIANT, baseline)
+        )
+    };
     vec![
-        Goal {
-            text: "TCP kernel→smoltcp with offload ≥ 2.5× TunTapInterface",
-            row: "TCP over TUN: kernel→smoltcp fdlink offload".into(),
-            min: 2.5,
-        },
-        Goal {
-            text: "TCP kernel→smoltcp with offload ≥ 75 % of the ACK-only ceiling",
-            row: "ceilings: kernel→smoltcp fdlink offload vs ACK-only".into(),
-            min: 0.75,
-        },
-        Goal {
-            text: "TCP smoltcp→kernel with offload ≥ 4× TunTapInterface",
-            row: "TCP over TUN: smoltcp→kernel fdlink offload".into(),
-            min: 4.0,
-        },
-        Goal {
-            text: "socketpair recvmmsg dispatch ≥ 90 % of bare recvmmsg, 64 B",
-            row: "socketpair pps: 64 B recvmmsg".into(),
-            min: 0.9,
-        },
-        Goal {
-            text: "socketpair recvmmsg dispatch ≥ 90 % of bare recvmmsg, 1500 B",
-            row: "socketpair pps: 1500 B recvmmsg".into(),
-            min: 0.9,
-        },
-        Goal {
-            text: "checksum ≥ 0.8× memcpy at 64 KiB",
-            row: "micro: checksum 64 KiB".into(),
-            min: 0.8,
-        },
+        Goal::ratio(
+            "TCP kernel→smoltcp with offload ≥ 2.5× TunTapInterface",
+            "TCP over TUN: kernel→smoltcp fdlink offload",
+            2.5,
+        ),
+        Goal::ratio(
+            "TCP kernel→smoltcp with offload ≥ 75 % of the ACK-only ceiling",
+            "ceilings: kernel→smoltcp fdlink offload vs ACK-only",
+            0.75,
+        ),
+        Goal::ratio(
+            "TCP smoltcp→kernel with offload ≥ 4× TunTapInterface",
+            "TCP over TUN: smoltcp→kernel fdlink offload",
+            4.0,
+        ),
+        Goal::ratio(
+            "socketpair recvmmsg dispatch ≥ 90 % of bare recvmmsg, 64 B",
+            "socketpair pps: 64 B recvmmsg",
+            0.9,
+        ),
+        Goal::ratio(
+            "socketpair recvmmsg dispatch ≥ 90 % of bare recvmmsg, 1500 B",
+            "socketpair pps: 1500 B recvmmsg",
+            0.9,
+        ),
+        Goal::ratio(
+            "checksum ≥ 0.8× memcpy at 64 KiB",
+            "micro: checksum 64 KiB",
+            0.8,
+        ),
+        Goal::ratio(
+            "netstack echo (threads, offload) ≥ 4× netstack-smoltcp, 1 connection",
+            echo(1, Stack::NetstackSmoltcp),
+            4.0,
+        ),
+        Goal::ratio(
+            "netstack echo (threads, offload) ≥ 4× netstack-smoltcp, 8 connections",
+            echo(8, Stack::NetstackSmoltcp),
+            4.0,
+        ),
+        Goal::ratio(
+            "netstack echo (threads, offload) ≥ 80 % of fdlink's echo engine, 1 connection",
+            echo(1, Stack::EchoEngine),
+            0.8,
+        ),
+        Goal::ratio(
+            "netstack echo (threads, offload) ≥ 80 % of fdlink's echo engine, 8 connections",
+            echo(8, Stack::EchoEngine),
+            0.8,
+        ),
+        Goal::ratio(
+            "netstack connections/s (threads, offload) ≥ 2× netstack-smoltcp",
+            format!("{CPS_GROUP}: {}", cps_row_name(GOAL_VARIANT)),
+            2.0,
+        ),
+        Goal::value_at_most(
+            "netstack RSS per idle connection (16 KiB buffers) ≤ 64 KiB",
+            format!(
+                "{MEMORY_GROUP}: {}",
+                memory_row_name(memory_connections(quick))
+            ),
+            64.0,
+        ),
     ]
 }
 
@@ -147,7 +193,37 @@ fn summary_line(r: &Row) -> String {
         ),
         Outcome::Skipped(why) => format!("{:<58} skipped: {why}", r.label()),
         Outcome::Failed(why) => format!("{:<58} FAILED: {why}", r.label()),
+        Outcome::BaselineFailed(why) => format!("{:<58} baseline FAILED: {why}", r.label()),
     }
+}
+
+/// The netstack scenarios: echo and connections/s in one namespace, then
+/// memory (child processes with namespaces of their own).
+fn run_netstack(plan: &Plan, rows: &mut Vec<Row>, step: &dyn Fn(&str)) {
+    let ns = match Netns::new("fdlb-ns").and_then(|ns| {
+        // Connections/s leaves many client sockets in TIME_WAIT.
+        ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+        ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        Ok(ns)
+    }) {
+        Ok(ns) => ns,
+        Err(e) => {
+            collect(rows, netstack::ECHO_GROUP, Err(format!("netns: {e}")));
+            return;
+        }
+    };
+    step("netstack echo");
+    collect(
+        rows,
+        netstack::ECHO_GROUP,
+        Ok(netstack::run_echo(plan, &ns)),
+    );
+    step("netstack connections/s");
+    collect(rows, netstack::CPS_GROUP, Ok(netstack::run_cps(plan, &ns)));
+    drop(ns);
+    std::thread::sleep(NAMESPACE_SETTLE);
+    step("netstack memory");
+    collect(rows, netstack::MEMORY_GROUP, Ok(netstack::run_memory(plan)));
 }
 
 fn run(args: Args) -> Result<bool, String> {
@@ -175,6 +251,9 @@ fn run(args: Args) -> Result<bool, String> {
             ("AF_PACKET veth pps", "afpacket"),
             ("TCP over TUN", "tcp"),
             ("ceilings", "tcp"),
+            (netstack::ECHO_GROUP, "netstack"),
+            (netstack::CPS_GROUP, "netstack"),
+            (netstack::MEMORY_GROUP, "netstack"),
         ] {
             if want(w) {
                 rows.push(Row::without(g, "all", Outcome::Skipped(why.clone())));
@@ -194,9 +273,14 @@ fn run(args: Args) -> Result<bool, String> {
                 .and_then(|ns| tcp::run(&plan, &ns));
             collect(&mut rows, "TCP over TUN", result);
         }
+        if want("netstack") {
+            // Let the kernel finish with the TCP scenarios' namespace.
+            std::thread::sleep(NAMESPACE_SETTLE);
+            run_netstack(&plan, &mut rows, &step);
+        }
     }
 
-    let goals = goals();
+    let goals = goals(args.quick);
     let header = format!(
         "Mode: {}; {} runs per measurement (median quoted, min–max shown), \
          interleaved; packets/s windows of {:.1} s, TCP windows of {:.1} s after \
@@ -237,6 +321,10 @@ fn run(args: Args) -> Result<bool, String> {
 
 /// Entry point of the `bench` binary.
 pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
+    let mut args = args.peekable();
+    if args.peek().is_some_and(|a| a == "--memory-child") {
+        return memory_child(args.skip(1));
+    }
     let args = match parse(args) {
         Ok(a) => a,
         Err(e) => {
@@ -255,6 +343,25 @@ pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bench --memory-child STACK N`: one run of the memory scenario (see
+/// [`netstack::memory_child`]), in a process of its own.
+fn memory_child(mut args: impl Iterator<Item = String>) -> ExitCode {
+    let (Some(stack), Some(n)) = (args.next(), args.next().and_then(|n| n.parse().ok())) else {
+        eprintln!("bench: --memory-child STACK CONNECTIONS");
+        return ExitCode::from(2);
+    };
+    match netstack::memory_child(&stack, n) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench: memory child: {e}");
             ExitCode::FAILURE
         }
     }

@@ -13,7 +13,10 @@
 //! - [`tcp`] (root): TCP bulk between the kernel and smoltcp over a TUN,
 //!   fdlink with and without offloads against smoltcp's `TunTapInterface`;
 //! - [`ceiling`] (root): an ACK-only responder on a TSO TUN and
-//!   kernel-to-kernel TCP over veth.
+//!   kernel-to-kernel TCP over veth;
+//! - [`netstack`] (root): fdlink's netstack — echo throughput,
+//!   connections/s, memory per idle connection — against netstack-smoltcp,
+//!   ipstack and fdlink's own `echo` engine ([`stacks`]).
 //!
 //! The `bench` binary ([`cli`]) runs them all and writes `report.md` and
 //! `report.svg`.
@@ -25,8 +28,10 @@ pub mod cli;
 pub mod kernel;
 pub mod measure;
 pub mod micro;
+pub mod netstack;
 pub mod pps;
 pub mod report;
+pub mod stacks;
 pub mod tcp;
 
 pub use micro::{MicroResult, run_micro};

@@ -40,6 +40,9 @@ pub enum Outcome {
     Skipped(String),
     /// The scenario failed, with the error.
     Failed(String),
+    /// The baseline — a peer project, not fdlink — failed, with its error:
+    /// reported, but the run still succeeds.
+    BaselineFailed(String),
 }
 
 impl Row {
@@ -90,15 +93,44 @@ impl Row {
     }
 }
 
-/// A goal: a row's ratio must reach `min`.
+/// A goal on one row.
 #[derive(Debug, Clone)]
 pub struct Goal {
     /// What the goal says.
     pub text: &'static str,
-    /// The row (by [`Row::label`]) whose ratio is checked.
+    /// The row (by [`Row::label`]) that is checked.
     pub row: String,
-    /// The least ratio that meets it.
-    pub min: f64,
+    /// What meets it.
+    pub bound: Bound,
+}
+
+/// What meets a [`Goal`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    /// The row's ratio is at least this.
+    RatioAtLeast(f64),
+    /// The row's own figure (median, in the row's unit) is at most this.
+    ValueAtMost(f64),
+}
+
+impl Goal {
+    /// A goal met by a ratio of at least `min`.
+    pub fn ratio(text: &'static str, row: impl Into<String>, min: f64) -> Goal {
+        Goal {
+            text,
+            row: row.into(),
+            bound: Bound::RatioAtLeast(min),
+        }
+    }
+
+    /// A goal met by a figure of at most `max`.
+    pub fn value_at_most(text: &'static str, row: impl Into<String>, max: f64) -> Goal {
+        Goal {
+            text,
+            row: row.into(),
+            bound: Bound::ValueAtMost(max),
+        }
+    }
 }
 
 /// Formats a figure with a precision that suits its size.
@@ -137,16 +169,25 @@ fn wakeups(s: &Summary) -> Option<String> {
     s.per_wakeup.map(|w| format!("{w:.1}"))
 }
 
-/// How each goal fared: `(goal, achieved ratio, met)`.
+/// How each goal fared: `(goal, achieved ratio or figure, met)`.
 pub fn check_goals<'g>(rows: &[Row], goals: &'g [Goal]) -> Vec<(&'g Goal, Option<f64>, bool)> {
     goals
         .iter()
         .map(|g| {
-            let ratio = rows
-                .iter()
-                .find(|r| r.label() == g.row)
-                .and_then(Row::ratio);
-            (g, ratio, ratio.is_some_and(|r| r >= g.min))
+            let row = rows.iter().find(|r| r.label() == g.row);
+            match g.bound {
+                Bound::RatioAtLeast(min) => {
+                    let ratio = row.and_then(Row::ratio);
+                    (g, ratio, ratio.is_some_and(|r| r >= min))
+                }
+                Bound::ValueAtMost(max) => {
+                    let value = row.and_then(|r| match r.outcome {
+                        Outcome::Measured { value, .. } => Some(value.median),
+                        _ => None,
+                    });
+                    (g, value, value.is_some_and(|v| v <= max))
+                }
+            }
         })
         .collect()
 }
@@ -194,13 +235,26 @@ pub fn markdown(rows: &[Row], goals: &[Goal], header: &str) -> String {
             Outcome::Failed(why) => {
                 let _ = writeln!(md, "| {} | FAILED: {why} | | | | | | |", r.label());
             }
+            Outcome::BaselineFailed(why) => {
+                let _ = writeln!(md, "| {} | | FAILED: {why} | | | | | |", r.label());
+            }
         }
     }
-    md.push_str("\n## Goals\n\n| goal | ratio | |\n|---|---:|---|\n");
-    for (g, ratio, met) in check_goals(rows, goals) {
-        let (r, verdict) = match ratio {
-            Some(r) => (format!("{r:.2}"), if met { "met" } else { "**missed**" }),
-            None => ("—".to_owned(), "not measured"),
+    md.push_str("\n## Goals\n\n| goal | ratio (or figure) | |\n|---|---:|---|\n");
+    for (g, achieved, met) in check_goals(rows, goals) {
+        let unit = rows
+            .iter()
+            .find(|r| r.label() == g.row)
+            .map_or("", |r| r.unit);
+        let (r, verdict) = match (achieved, g.bound) {
+            (Some(r), Bound::RatioAtLeast(_)) => {
+                (format!("{r:.2}"), if met { "met" } else { "**missed**" })
+            }
+            (Some(v), Bound::ValueAtMost(_)) => (
+                format!("{} {unit}", fmt_value(v)),
+                if met { "met" } else { "**missed**" },
+            ),
+            (None, _) => ("—".to_owned(), "not measured"),
         };
         let _ = writeln!(md, "| {} | {r} | {verdict} |", g.text);
     }
@@ -220,7 +274,10 @@ pub fn svg(rows: &[Row], path: &Path) -> Result<(), String> {
     let n = bars.len();
     let max = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.15;
     let height = 90 + 26 * n as u32;
-    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
+    // Room for the longest label (about 6.5 px a character at 12 px).
+    let longest = bars.iter().map(|b| b.0.chars().count()).max().unwrap_or(0) as u32;
+    let label_width = (longest * 13 / 2 + 10).max(470);
+    let root = SVGBackend::new(path, (630 + label_width, height)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| format!("plot: {e}");
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -230,7 +287,7 @@ pub fn svg(rows: &[Row], path: &Path) -> Result<(), String> {
         )
         .margin(10)
         .x_label_area_size(30)
-        .y_label_area_size(470)
+        .y_label_area_size(label_width)
         .build_cartesian_2d(0.0..max, (0..n).into_segmented())
         .map_err(|e| err(&e))?;
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
@@ -290,4 +347,48 @@ fn svg_empty(path: &Path) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(name: &str, value: f64, baseline: f64) -> Row {
+        Row::measured(
+            "g",
+            name,
+            "KiB",
+            "b",
+            Summary::single(value),
+            Summary::single(baseline),
+        )
+    }
+
+    #[test]
+    fn goals_check_a_ratio_from_below_and_a_figure_from_above() {
+        let rows = [measured("fast", 5.0, 1.0), measured("small", 40.0, 80.0)];
+        let goals = [
+            Goal::ratio("ratio met", "g: fast", 4.0),
+            Goal::ratio("ratio missed", "g: fast", 6.0),
+            Goal::value_at_most("figure met", "g: small", 64.0),
+            Goal::value_at_most("figure missed", "g: small", 32.0),
+            Goal::ratio("absent", "g: none", 1.0),
+        ];
+        let verdicts: Vec<(Option<f64>, bool)> = check_goals(&rows, &goals)
+            .into_iter()
+            .map(|(_, achieved, met)| (achieved, met))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                (Some(5.0), true),
+                (Some(5.0), false),
+                (Some(40.0), true),
+                (Some(40.0), false),
+                (None, false)
+            ]
+        );
+        let md = markdown(&rows, &goals, "");
+        assert!(md.contains("| figure met | 40.0 KiB | met |"), "{md}");
+    }
 }

@@ -3,6 +3,10 @@
 //! scenario next to its baseline and writes `target/bench/report.md` and
 //! `target/bench/report.svg`.
 //!
+//! The netstack scenarios compare fdlink's netstack with netstack-smoltcp,
+//! ipstack and fdlink's own `echo` engine (echo throughput, connections/s,
+//! memory per idle connection).
+//!
 //! The device scenarios (AF_PACKET, TUN, namespaces) need root and
 //! `/dev/net/tun`; without them they are reported as skipped, not failed.
 //! `--quick` is a smoke run for CI: short windows, few runs, and no
