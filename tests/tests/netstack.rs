@@ -45,17 +45,8 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// A netstack over one end of a fresh socketpair; the other end returned.
-///
-/// Both ends get 4 MiB socket buffers: a client that falls behind must not
-/// make the netstack drop packets (after its send timeout), for a lost
-/// window update can stall smoltcp's sender on the other end, and these
-/// tests are about what crosses, not about loss.
 fn netstack(config: NetstackConfig) -> (Netstack, OwnedFd) {
     let (ours, theirs) = socketpair(SocketType::SeqPacket).expect("socketpair");
-    for fd in [&ours, &theirs] {
-        fdlink_sys::packet::set_send_buffer(fd.as_fd(), 4 << 20).expect("SO_SNDBUF");
-        fdlink_sys::packet::set_recv_buffer(fd.as_fd(), 4 << 20).expect("SO_RCVBUF");
-    }
     let ns = Netstack::open(Link::socket(ours), config).expect("open the netstack");
     (ns, theirs)
 }

@@ -220,6 +220,18 @@ impl Channel {
             .map_or(0, |r| r.without_header.swap(0, Ordering::Relaxed))
     }
 
+    /// A socket other than `AF_PACKET` (a socketpair's end, a datagram
+    /// socket).
+    pub(crate) fn is_plain_socket(&self) -> bool {
+        matches!(
+            self.io,
+            Io::Fd {
+                kind: FdKind::Socket { domain, .. },
+                ..
+            } if domain != Domain::Packet
+        )
+    }
+
     /// An `AF_PACKET` socket: its reads carry each frame's checksum state
     /// and packet type.
     pub(crate) fn is_packet_socket(&self) -> bool {

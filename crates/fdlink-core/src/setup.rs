@@ -118,6 +118,16 @@ pub(crate) fn build(options: Options) -> Result<Parts, OptionsError> {
                 },
             )?;
         }
+        if channel.is_plain_socket()
+            && let Some(fd) = channel.fd()
+        {
+            grow_send_buffer(fd, o.batch_size * max_frame).map_err(|source| {
+                OptionsError::Descriptor {
+                    channel: index,
+                    source,
+                }
+            })?;
+        }
         if o.dispatch == DispatchMode::Mmap
             && let Io::Fd { fd, .. } = &channel.io
         {
@@ -222,7 +232,7 @@ pub(crate) fn attach_ring(
 /// cannot be verified, only completed.
 ///
 /// Its receive buffer grows to hold a batch of the largest frames (within
-/// [`MIN_PACKET_RCVBUF`]..=[`MAX_PACKET_RCVBUF`], never shrinking one the
+/// [`MIN_SOCKET_BUFFER`]..=[`MAX_SOCKET_BUFFER`], never shrinking one the
 /// caller set larger): with the default (about 200 KiB) three 64 KiB
 /// super-frames fill it, and the kernel drops the rest of a burst before
 /// the reader wakes.
@@ -235,7 +245,7 @@ pub(crate) fn configure_packet_socket(
     if vnet_len == 0 {
         fdlink_sys::packet::set_auxdata(fd, true)?;
     }
-    let wanted = batch_bytes.clamp(MIN_PACKET_RCVBUF, MAX_PACKET_RCVBUF);
+    let wanted = batch_bytes.clamp(MIN_SOCKET_BUFFER, MAX_SOCKET_BUFFER);
     // The kernel reports twice what was asked (its bookkeeping).
     if fdlink_sys::packet::recv_buffer(fd)? < 2 * wanted {
         fdlink_sys::packet::set_recv_buffer(fd, wanted)?;
@@ -243,10 +253,28 @@ pub(crate) fn configure_packet_socket(
     Ok(())
 }
 
-/// The least receive buffer an `AF_PACKET` channel gets.
-const MIN_PACKET_RCVBUF: usize = 1 << 20;
-/// The most receive buffer an `AF_PACKET` channel asks for.
-const MAX_PACKET_RCVBUF: usize = 16 << 20;
+/// Grows a socket channel's send buffer (a socketpair's end) to hold a
+/// batch of the largest frames, within
+/// [`MIN_SOCKET_BUFFER`]..=[`MAX_SOCKET_BUFFER`], never shrinking one the
+/// caller set larger. On a socketpair the sender's buffer is all the link
+/// holds: the default (about 200 KiB, three 64 KiB super-frames) fills in a
+/// burst, and a stack on each end then waits in its sends for the other to
+/// read — both lose packets when the wait runs out, and two TCP stacks over
+/// such a link back off for seconds. Unprivileged, the kernel caps the size
+/// at `net.core.wmem_max`.
+fn grow_send_buffer(fd: std::os::fd::BorrowedFd<'_>, batch_bytes: usize) -> io::Result<()> {
+    let wanted = batch_bytes.clamp(MIN_SOCKET_BUFFER, MAX_SOCKET_BUFFER);
+    if fdlink_sys::packet::send_buffer(fd)? < 2 * wanted {
+        fdlink_sys::packet::set_send_buffer(fd, wanted)?;
+    }
+    Ok(())
+}
+
+/// The least buffer a socket channel gets (receive for `AF_PACKET`, send
+/// for the others).
+const MIN_SOCKET_BUFFER: usize = 1 << 20;
+/// The most buffer a socket channel asks for.
+const MAX_SOCKET_BUFFER: usize = 16 << 20;
 
 /// Puts every AF_PACKET socket of the endpoint in one hash fanout group
 /// when there are several, unless the first is in a group already.

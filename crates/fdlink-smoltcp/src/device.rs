@@ -263,6 +263,18 @@ impl FdlinkDevice {
         self.interface_mtu = Some(self.endpoint().mtu());
     }
 
+    /// The offloading endpoint underneath, shared by every device of
+    /// [`FdlinkDevice::per_queue`].
+    pub(crate) fn shared_link(&self) -> Arc<OffloadEndpoint> {
+        Arc::clone(&self.link)
+    }
+
+    /// The frames queued for the next flush (smoltcp's and
+    /// [`FdlinkDevice::transmit_frame`]'s), offloads not applied yet.
+    pub(crate) fn queued_frames(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.tx.frames()
+    }
+
     /// The endpoint underneath.
     pub fn endpoint(&self) -> &Endpoint {
         self.link.endpoint()

@@ -480,6 +480,15 @@ pub fn recv_buffer(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(usize::try_from(actual).unwrap_or(0))
 }
 
+/// The socket's send buffer as the kernel reports it (`SO_SNDBUF`: twice
+/// what was set, for its bookkeeping).
+///
+/// Errors: the kernel's (`ENOTSOCK` for a non-socket).
+pub fn send_buffer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let (actual, _) = getsockopt_pod::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+    Ok(usize::try_from(actual).unwrap_or(0))
+}
+
 /// Sets the socket's send buffer to `bytes` and returns the size the kernel
 /// reports afterwards: like [`set_recv_buffer`] with
 /// `SO_SNDBUFFORCE`/`SO_SNDBUF` and `net.core.wmem_max`.

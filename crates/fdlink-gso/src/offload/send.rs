@@ -62,6 +62,15 @@ impl Sender {
         self.items.is_empty()
     }
 
+    /// The frames queued for the next flush, in order, as the stack wrote
+    /// them (link header included, offloads not applied yet).
+    pub fn frames(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.items
+            .iter()
+            .zip(&self.buffers)
+            .map(|(item, buf)| &buf[..item.len])
+    }
+
     /// True when the queue is full: flush before queueing more.
     pub fn is_full(&self) -> bool {
         self.items.len() == self.buffers.len()

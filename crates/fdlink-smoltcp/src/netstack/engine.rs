@@ -22,6 +22,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
 use super::incoming::Incoming;
 use super::ready::ReadyList;
+use super::salvage::{self, AckTrack};
 use super::stats::{Counters, Refusal};
 use super::stream::{Conn, TcpStream};
 use super::udp::{Flow, UdpFlow};
@@ -89,6 +90,7 @@ struct TcpEntry {
     phase: Phase,
     /// Puts this connection on the ready list when smoltcp wakes it.
     waker: Waker,
+    acks: AckTrack,
 }
 
 struct UdpEntry {
@@ -161,6 +163,10 @@ pub(crate) struct Engine {
     /// inspection (echo replies), sent right after it.
     replies: Vec<u8>,
     reply_ends: Vec<usize>,
+    /// Bare ACKs made while inspecting (see [`salvage`]), handed to smoltcp
+    /// right after.
+    salvaged: Vec<u8>,
+    salvaged_ends: Vec<usize>,
     scratch: Vec<u8>,
     ident: u16,
     next_expiry: Instant,
@@ -208,6 +214,8 @@ impl Engine {
             work: Vec::new(),
             replies: Vec::new(),
             reply_ends: Vec::new(),
+            salvaged: Vec::new(),
+            salvaged_ends: Vec::new(),
             scratch: vec![0u8; 65536],
             ident: 0,
             next_expiry: Instant::now() + EXPIRY_TICK,
@@ -252,6 +260,7 @@ impl Engine {
                 self.expire(now);
                 self.next_expiry = now + EXPIRY_TICK;
             }
+            self.note_acks_sent();
             self.device.flush();
             if closed.is_some() {
                 break closed;
@@ -342,22 +351,42 @@ impl Engine {
             wake,
             replies,
             reply_ends,
+            salvaged,
+            salvaged_ends,
             ..
         } = self;
         let config = &shared.config;
         let now = Instant::now();
         device.retain_pending(|frame| match wire::classify(frame) {
-            Inbound::Tcp { src, dst, syn } => {
-                if tcp_by_tuple.contains_key(&(src, dst)) {
-                    // A known connection (a held one's SYN again: dropped).
-                    let id = tcp_by_tuple[&(src, dst)];
-                    return !matches!(
-                        tcp.get_mut(id),
-                        Some(TcpEntry {
-                            phase: Phase::Held { .. },
-                            ..
-                        })
-                    );
+            Inbound::Tcp {
+                src,
+                dst,
+                syn,
+                seq,
+                ack,
+                payload_len,
+            } => {
+                if let Some(&id) = tcp_by_tuple.get(&(src, dst)) {
+                    let Some(entry) = tcp.get_mut(id) else {
+                        return true;
+                    };
+                    match &entry.phase {
+                        // A held connection's SYN again: dropped.
+                        Phase::Held { .. } => return false,
+                        Phase::Open {
+                            handle: Some(h), ..
+                        } => {
+                            let socket = sockets.get::<tcp::Socket<'_>>(*h);
+                            if let Some(expected) =
+                                entry.acks.salvage(seq, ack, payload_len, socket)
+                                && salvage::bare_ack(frame, expected, salvaged)
+                            {
+                                salvaged_ends.push(salvaged.len());
+                            }
+                        }
+                        _ => {}
+                    }
+                    return true;
                 }
                 if let Err(kind) = config.policy.check(dst.ip()) {
                     counters.refused(Refusal::Destination(kind));
@@ -392,6 +421,7 @@ impl Engine {
                             since: now,
                         },
                         waker,
+                        acks: AckTrack::default(),
                     });
                     tcp_by_tuple.insert((src, dst), id);
                     shared.pending.push(PendingTcp::new(
@@ -410,6 +440,7 @@ impl Engine {
                     dst,
                     phase: Phase::HalfOpen { handle, conn: None },
                     waker,
+                    acks: AckTrack::default(),
                 });
                 tcp_by_tuple.insert((src, dst), id);
                 // Looked at after the poll takes the SYN, even if smoltcp
@@ -494,6 +525,41 @@ impl Engine {
         }
         self.replies.clear();
         self.reply_ends.clear();
+        let mut start = 0;
+        for &end in &self.salvaged_ends {
+            self.device.inject(&self.salvaged[start..end]);
+            start = end;
+        }
+        Counters::add(
+            &self.counters.tcp_acks_salvaged,
+            self.salvaged_ends.len() as u64,
+        );
+        self.salvaged.clear();
+        self.salvaged_ends.clear();
+    }
+
+    /// Notes the acknowledgment number each connection's last queued
+    /// segment carries: where a salvaged ACK must start (see [`salvage`]).
+    fn note_acks_sent(&mut self) {
+        let Engine {
+            device,
+            tcp,
+            tcp_by_tuple,
+            ..
+        } = self;
+        for frame in device.queued_frames() {
+            if let Inbound::Tcp {
+                src,
+                dst,
+                ack: Some(ack),
+                ..
+            } = wire::classify(frame)
+                && let Some(&id) = tcp_by_tuple.get(&(dst, src))
+                && let Some(entry) = tcp.get_mut(id)
+            {
+                entry.acks.sent(ack);
+            }
+        }
     }
 
     /// Moves data between smoltcp and the application for the

@@ -98,6 +98,7 @@ mod incoming;
 mod policy;
 mod ready;
 mod ring;
+mod salvage;
 mod stats;
 mod stream;
 mod udp;
@@ -110,7 +111,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fdlink_core::{Closed, Endpoint, Link, OpenError};
+use fdlink_core::{Closed, Endpoint, Link, OpenError, StatsSnapshot};
 
 use crate::{DeviceConfig, FdlinkDevice};
 use engine::{Engine, Shared};
@@ -356,6 +357,7 @@ struct EngineHandle {
 pub struct Netstack {
     shared: Arc<Shared>,
     engines: Vec<EngineHandle>,
+    link: Option<Arc<fdlink_gso::offload::OffloadEndpoint>>,
 }
 
 impl Netstack {
@@ -390,6 +392,7 @@ impl Netstack {
             pending: incoming::Incoming::new(),
         });
         let devices = FdlinkDevice::per_queue(endpoint, config.device);
+        let link = devices.first().map(FdlinkDevice::shared_link);
         let mut engines = Vec::with_capacity(devices.len());
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(devices.len()));
         for (q, device) in devices.into_iter().enumerate() {
@@ -422,7 +425,11 @@ impl Netstack {
                 thread: Some(thread),
             });
         }
-        Ok(Netstack { shared, engines })
+        Ok(Netstack {
+            shared,
+            engines,
+            link,
+        })
     }
 
     /// The next TCP connection, once its handshake completed; waits for
@@ -467,6 +474,15 @@ impl Netstack {
     /// As [`Netstack::accept`].
     pub fn accept_udp_timeout(&self, timeout: Duration) -> io::Result<Option<UdpFlow>> {
         optional(self.shared.udp.take(Some(timeout)))
+    }
+
+    /// The link's own statistics: frames read and sent, and what it
+    /// dropped, by reason (a full send buffer, a truncated frame, ...).
+    pub fn link_stats(&self) -> StatsSnapshot {
+        self.link
+            .as_ref()
+            .map(|l| l.endpoint().stats())
+            .unwrap_or_default()
     }
 
     /// The counters of every queue, summed.

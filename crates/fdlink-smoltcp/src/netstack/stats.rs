@@ -29,6 +29,7 @@ pub(crate) struct Counters {
     pub(crate) tcp_active: AtomicU64,
     pub(crate) tcp_half_open: AtomicU64,
     pub(crate) tcp_reset: AtomicU64,
+    pub(crate) tcp_acks_salvaged: AtomicU64,
     pub(crate) udp_flows: AtomicU64,
     pub(crate) udp_active: AtomicU64,
     pub(crate) udp_dropped: AtomicU64,
@@ -75,6 +76,7 @@ impl Counters {
             tcp_active: self.tcp_active.load(Relaxed),
             tcp_half_open: self.tcp_half_open.load(Relaxed),
             tcp_reset: self.tcp_reset.load(Relaxed),
+            tcp_acks_salvaged: self.tcp_acks_salvaged.load(Relaxed),
             udp_flows: self.udp_flows.load(Relaxed),
             udp_active: self.udp_active.load(Relaxed),
             udp_dropped: self.udp_dropped.load(Relaxed),
@@ -103,6 +105,9 @@ pub struct NetstackStats {
     pub tcp_half_open: u64,
     /// TCP connections that ended with a reset or a timeout.
     pub tcp_reset: u64,
+    /// Acknowledgments from peers that a closed receive window would have
+    /// dropped, handed to smoltcp as bare ACKs instead.
+    pub tcp_acks_salvaged: u64,
     /// UDP flows seen (each a new source and original destination).
     pub udp_flows: u64,
     /// UDP flows open now.
@@ -149,6 +154,7 @@ impl NetstackStats {
         self.tcp_active += other.tcp_active;
         self.tcp_half_open += other.tcp_half_open;
         self.tcp_reset += other.tcp_reset;
+        self.tcp_acks_salvaged += other.tcp_acks_salvaged;
         self.udp_flows += other.udp_flows;
         self.udp_active += other.udp_active;
         self.udp_dropped += other.udp_dropped;
@@ -174,11 +180,12 @@ impl fmt::Display for NetstackStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tcp_accepted={} tcp_active={} tcp_half_open={} tcp_reset={} udp_flows={} udp_active={} udp_dropped={} icmp_echoes={} bytes_in={} bytes_out={} refused={}",
+            "tcp_accepted={} tcp_active={} tcp_half_open={} tcp_reset={} tcp_acks_salvaged={} udp_flows={} udp_active={} udp_dropped={} icmp_echoes={} bytes_in={} bytes_out={} refused={}",
             self.tcp_accepted,
             self.tcp_active,
             self.tcp_half_open,
             self.tcp_reset,
+            self.tcp_acks_salvaged,
             self.udp_flows,
             self.udp_active,
             self.udp_dropped,

@@ -16,11 +16,15 @@ const TCP_ACK: u8 = 0x10;
 /// What an inbound IP packet is, as far as the engine cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Inbound {
-    /// A TCP segment; `syn` for an opening SYN (SYN without ACK).
+    /// A TCP segment; `syn` for an opening SYN (SYN without ACK); `ack`
+    /// its acknowledgment number when the ACK flag is set.
     Tcp {
         src: SocketAddr,
         dst: SocketAddr,
         syn: bool,
+        seq: u32,
+        ack: Option<u32>,
+        payload_len: usize,
     },
     /// A UDP datagram and where its payload is.
     Udp {
@@ -57,6 +61,11 @@ fn ports(ip: &[u8], at: usize) -> Option<(u16, u16)> {
     ))
 }
 
+fn word(ip: &[u8], at: usize) -> Option<u32> {
+    let w = ip.get(at..at + 4)?;
+    Some(u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+}
+
 /// Reads what `ip` (an IP packet, no link header) is.
 pub(crate) fn classify(ip: &[u8]) -> Inbound {
     let Ok(layout) = PacketLayout::parse(ip) else {
@@ -71,13 +80,21 @@ pub(crate) fn classify(ip: &[u8]) -> Inbound {
     let l4 = layout.l4_offset;
     match layout.l4_protocol {
         proto::TCP => {
-            let (Some((sport, dport)), Some(&flags)) = (ports(ip, l4), ip.get(l4 + 13)) else {
+            let (Some((sport, dport)), Some(seq), Some(ack), Some(&flags)) = (
+                ports(ip, l4),
+                word(ip, l4 + 4),
+                word(ip, l4 + 8),
+                ip.get(l4 + 13),
+            ) else {
                 return Inbound::Other { dst: Some(dst) };
             };
             Inbound::Tcp {
                 src: SocketAddr::new(src, sport),
                 dst: SocketAddr::new(dst, dport),
                 syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+                seq,
+                ack: (flags & TCP_ACK != 0).then_some(ack),
+                payload_len: layout.ip_len.saturating_sub(layout.payload_offset),
             }
         }
         proto::UDP => match ports(ip, l4) {
