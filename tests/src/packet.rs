@@ -6,7 +6,7 @@
 //! tests; the parsers use `fdlink_gso::wire`. Everything here works on IP
 //! packets (no link header, no virtio header).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
 use fdlink_gso::checksum::{self, Checksum};
@@ -158,6 +158,28 @@ pub struct TcpSpec<'a> {
     pub window: u16,
     /// Options, already padded.
     pub options: &'a [u8],
+}
+
+/// A TCP segment from `src` to `dst` carrying `payload`, with no options,
+/// a 65535-byte window and every checksum right.
+pub fn tcp_segment(
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let t = TcpSpec {
+        sport: src.port(),
+        dport: dst.port(),
+        seq,
+        ack,
+        flags,
+        window: 65535,
+        options: &[],
+    };
+    tcp_packet(&IpSpec::new(src.ip(), dst.ip()), &t, payload, Csum::Full)
 }
 
 /// An IP packet carrying TCP segment `t` with `payload`.

@@ -24,7 +24,7 @@ use fdlink_smoltcp::netstack::{
 use fdlink_smoltcp::{DeviceConfig, FdlinkDevice};
 use fdlink_sys::fd::{SocketType, socketpair};
 use fdlink_tests::netns::wait_readable;
-use fdlink_tests::packet::{Csum, IpSpec, TcpSpec, parse_tcp, pattern, src_dst, tcp_packet};
+use fdlink_tests::packet::{Csum, IpSpec, parse_tcp, pattern, src_dst, tcp_segment};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint};
@@ -370,17 +370,7 @@ fn syn(src: SocketAddr, dst: SocketAddr, seq: u32) -> Vec<u8> {
 }
 
 fn tcp_seg(src: SocketAddr, dst: SocketAddr, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
-    let ip = IpSpec::new(src.ip(), dst.ip());
-    let t = TcpSpec {
-        sport: src.port(),
-        dport: dst.port(),
-        seq,
-        ack,
-        flags,
-        window: 65535,
-        options: &[],
-    };
-    tcp_packet(&ip, &t, &[], Csum::Full)
+    tcp_segment(src, dst, seq, ack, flags, &[])
 }
 
 fn udp_dgram(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {

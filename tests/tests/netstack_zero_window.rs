@@ -21,33 +21,13 @@ use fdlink_core::Link;
 use fdlink_smoltcp::netstack::{Netstack, NetstackConfig};
 use fdlink_sys::fd::{SocketType, socketpair};
 use fdlink_tests::netns::wait_readable;
-use fdlink_tests::packet::{Csum, IpSpec, TcpSeg, TcpSpec, parse_tcp, tcp_packet};
+use fdlink_tests::packet::{TcpSeg, parse_tcp, tcp_segment};
 use std::os::fd::{AsFd, OwnedFd};
 
 const LIMIT: Duration = Duration::from_secs(10);
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
-
-fn segment(
-    src: SocketAddr,
-    dst: SocketAddr,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    data: &[u8],
-) -> Vec<u8> {
-    let t = TcpSpec {
-        sport: src.port(),
-        dport: dst.port(),
-        seq,
-        ack,
-        flags,
-        window: 65535,
-        options: &[],
-    };
-    tcp_packet(&IpSpec::new(src.ip(), dst.ip()), &t, data, Csum::Full)
-}
 
 fn send(fd: &OwnedFd, packet: &[u8]) {
     let n = fdlink_sys::io::write(fd.as_fd(), packet).expect("write a packet");
@@ -95,14 +75,14 @@ fn acknowledgments_reach_a_connection_whose_window_is_closed() {
     );
 
     // Handshake.
-    send(&peer_end, &segment(peer, dst, 1000, 0, SYN, &[]));
+    send(&peer_end, &tcp_segment(peer, dst, 1000, 0, SYN, &[]));
     let (synack, _) = next_segment(&peer_end, dst, peer, LIMIT).expect("a SYN-ACK");
     assert!(synack.has(SYN | ACK));
     let mut peer_seq = 1001u32;
     let their_first = synack.seq.wrapping_add(1);
     send(
         &peer_end,
-        &segment(peer, dst, peer_seq, their_first, ACK, &[]),
+        &tcp_segment(peer, dst, peer_seq, their_first, ACK, &[]),
     );
     let stream = netstack
         .accept_timeout(LIMIT)
@@ -129,7 +109,7 @@ fn acknowledgments_reach_a_connection_whose_window_is_closed() {
     for _ in 0..16 {
         send(
             &peer_end,
-            &segment(peer, dst, peer_seq, their_first, ACK | PSH, &[0x55u8; 512]),
+            &tcp_segment(peer, dst, peer_seq, their_first, ACK | PSH, &[0x55u8; 512]),
         );
         // The netstack's answer to it: data (ours to note) and an ACK.
         let mut acked = None;
@@ -158,11 +138,11 @@ fn acknowledgments_reach_a_connection_whose_window_is_closed() {
     // the netstack sent, which starts 19 bytes past the window.
     send(
         &peer_end,
-        &segment(peer, dst, peer_seq, their_first, ACK | PSH, &[0x66u8; 19]),
+        &tcp_segment(peer, dst, peer_seq, their_first, ACK | PSH, &[0x66u8; 19]),
     );
     send(
         &peer_end,
-        &segment(peer, dst, peer_seq.wrapping_add(19), their_end, ACK, &[]),
+        &tcp_segment(peer, dst, peer_seq.wrapping_add(19), their_end, ACK, &[]),
     );
 
     // The acknowledgment frees smoltcp's send buffer: the writer finishes.

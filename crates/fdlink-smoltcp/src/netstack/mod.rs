@@ -28,6 +28,22 @@
 //! The link must carry IP packets (a TUN, an IP socketpair, a packet
 //! object); Ethernet links are refused.
 //!
+//! # Limits
+//!
+//! - Fragmented UDP datagrams are not reassembled; they go to smoltcp,
+//!   which drops them.
+//! - smoltcp 0.14 drops the acknowledgment of a segment outside a closed
+//!   receive window; the engine hands such acknowledgments to it again
+//!   ([`NetstackStats::tcp_acks_salvaged`]), so an echo-like connection
+//!   cannot stall on them.
+//! - With a smoltcp stack on the link's other end (not the kernel), a
+//!   transfer can stop: our scaled window rounds down, which may leave a
+//!   few bytes of that stack's last segment outside it, and when our
+//!   window then closes, smoltcp's sender trades its retransmission timer
+//!   for a zero-window probe and forgets both once the window reopens, so
+//!   those bytes are never sent again. Kernel peers retransmit them. A
+//!   `tcp_buffer` up to 64 KiB (no window scaling) avoids the rounding.
+//!
 //! # tun2socks in 30 lines
 //!
 //! Forwarding every connection and flow to its original destination is a
