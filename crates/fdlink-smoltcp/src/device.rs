@@ -122,6 +122,9 @@ pub struct FdlinkDevice {
     /// Frames handed back to smoltcp ([`FdlinkDevice::inject`]), served
     /// before the received ones, and the buffers of served ones for reuse.
     injected: VecDeque<Vec<u8>>,
+    /// Frames handed to smoltcp after the received ones
+    /// ([`FdlinkDevice::inject_after`]).
+    trailing: VecDeque<Vec<u8>>,
     spare: Vec<Vec<u8>>,
     /// The injected frame smoltcp is reading now.
     serving: Vec<u8>,
@@ -209,6 +212,7 @@ impl FdlinkDevice {
             interface_mtu: None,
             manual_receive: false,
             injected: VecDeque::new(),
+            trailing: VecDeque::new(),
             spare: Vec::new(),
             serving: Vec::new(),
         }
@@ -318,7 +322,7 @@ impl FdlinkDevice {
     /// [`Closed`] at once, whatever the timeout, when the link has closed:
     /// a dead link never looks idle.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Closed> {
-        if !self.rx.is_empty() || !self.injected.is_empty() {
+        if !self.rx.is_empty() || !self.injected.is_empty() || !self.trailing.is_empty() {
             return Ok(true);
         }
         self.check_open()?;
@@ -384,10 +388,23 @@ impl FdlinkDevice {
     /// Hands `frame` to smoltcp's next poll, before any received packet (a
     /// packet held back and released).
     pub(crate) fn inject(&mut self, frame: &[u8]) {
+        let buf = self.spare_copy(frame);
+        self.injected.push_back(buf);
+    }
+
+    /// Hands `frame` to smoltcp's next poll after every received packet
+    /// pending now (a packet replaced in place keeps its order behind
+    /// the ones before it).
+    pub(crate) fn inject_after(&mut self, frame: &[u8]) {
+        let buf = self.spare_copy(frame);
+        self.trailing.push_back(buf);
+    }
+
+    fn spare_copy(&mut self, frame: &[u8]) -> Vec<u8> {
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(frame);
-        self.injected.push_back(buf);
+        buf
     }
 
     /// Queues a frame the caller builds (`len` bytes, written by `fill`)
@@ -468,33 +485,36 @@ impl phy::Device for FdlinkDevice {
         Self: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        if let Some(frame) = self.injected.pop_front() {
-            let served = std::mem::replace(&mut self.serving, frame);
-            self.spare.push(served);
-            return Some((
-                RxToken {
-                    frame: &self.serving,
-                },
-                TxToken {
-                    link: &self.link,
-                    tx: &mut self.tx,
-                    queue: self.queue,
-                    gso_size: None,
-                },
-            ));
-        }
-        if self.rx.is_empty() && self.closed.is_none() && !self.manual_receive {
-            // smoltcp can only hear "nothing" here: keep the closure for
-            // the poll loop (check_open).
-            if let Err(Closed(reason)) = self.link.recv(&mut self.rx, self.queue) {
-                self.closed = Some(reason);
-                return None;
+        let mut handed = self.injected.pop_front();
+        if handed.is_none() {
+            if self.rx.is_empty() && self.closed.is_none() && !self.manual_receive {
+                // smoltcp can only hear "nothing" here: keep the closure
+                // for the poll loop (check_open).
+                if let Err(Closed(reason)) = self.link.recv(&mut self.rx, self.queue) {
+                    self.closed = Some(reason);
+                    return None;
+                }
             }
+            if let Some(packet) = self.rx.pop() {
+                return Some((
+                    RxToken {
+                        frame: packet.frame,
+                    },
+                    TxToken {
+                        link: &self.link,
+                        tx: &mut self.tx,
+                        queue: self.queue,
+                        gso_size: None,
+                    },
+                ));
+            }
+            handed = self.trailing.pop_front();
         }
-        let packet = self.rx.pop()?;
+        let served = std::mem::replace(&mut self.serving, handed?);
+        self.spare.push(served);
         Some((
             RxToken {
-                frame: packet.frame,
+                frame: &self.serving,
             },
             TxToken {
                 link: &self.link,

@@ -20,15 +20,16 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
+use super::config::NetstackConfig;
 use super::incoming::Incoming;
+use super::pending::{Decision, PendingTcp};
 use super::ready::ReadyList;
-use super::salvage::{self, AckTrack};
+use super::rewrite::{self, AckTrack};
 use super::stats::{Counters, Refusal};
 use super::stream::{Conn, TcpStream};
 use super::udp::{Flow, UdpFlow};
 use super::wake::{Wake, Work};
 use super::wire::{self, Inbound};
-use super::{Decision, NetstackConfig, PendingTcp};
 use crate::FdlinkDevice;
 
 /// The interface's own addresses, gateways of the default routes that let
@@ -163,10 +164,14 @@ pub(crate) struct Engine {
     /// inspection (echo replies), sent right after it.
     replies: Vec<u8>,
     reply_ends: Vec<usize>,
-    /// Bare ACKs made while inspecting (see [`salvage`]), handed to smoltcp
+    /// Bare ACKs made while inspecting (see [`rewrite`]), handed to smoltcp
     /// right after.
     salvaged: Vec<u8>,
     salvaged_ends: Vec<usize>,
+    /// Segments with data and a FIN, split in two, handed to smoltcp after
+    /// the received packets (see [`rewrite`]).
+    split: Vec<u8>,
+    split_ends: Vec<usize>,
     scratch: Vec<u8>,
     ident: u16,
     next_expiry: Instant,
@@ -216,6 +221,8 @@ impl Engine {
             reply_ends: Vec::new(),
             salvaged: Vec::new(),
             salvaged_ends: Vec::new(),
+            split: Vec::new(),
+            split_ends: Vec::new(),
             scratch: vec![0u8; 65536],
             ident: 0,
             next_expiry: Instant::now() + EXPIRY_TICK,
@@ -353,6 +360,8 @@ impl Engine {
             reply_ends,
             salvaged,
             salvaged_ends,
+            split,
+            split_ends,
             ..
         } = self;
         let config = &shared.config;
@@ -362,6 +371,7 @@ impl Engine {
                 src,
                 dst,
                 syn,
+                fin,
                 seq,
                 ack,
                 payload_len,
@@ -379,12 +389,21 @@ impl Engine {
                             let socket = sockets.get::<tcp::Socket<'_>>(*h);
                             if let Some(expected) =
                                 entry.acks.salvage(seq, ack, payload_len, socket)
-                                && salvage::bare_ack(frame, expected, salvaged)
+                                && rewrite::bare_ack(frame, expected, salvaged)
                             {
                                 salvaged_ends.push(salvaged.len());
                             }
                         }
                         _ => {}
+                    }
+                    if fin && payload_len > 0 {
+                        // Data and a FIN: in two, in this place (see
+                        // [`rewrite`]).
+                        if let Some(second) = rewrite::split_fin(frame, seq, payload_len, split) {
+                            split_ends.push(second);
+                            split_ends.push(split.len());
+                            return false;
+                        }
                     }
                     return true;
                 }
@@ -536,10 +555,17 @@ impl Engine {
         );
         self.salvaged.clear();
         self.salvaged_ends.clear();
+        let mut start = 0;
+        for &end in &self.split_ends {
+            self.device.inject_after(&self.split[start..end]);
+            start = end;
+        }
+        self.split.clear();
+        self.split_ends.clear();
     }
 
     /// Notes the acknowledgment number each connection's last queued
-    /// segment carries: where a salvaged ACK must start (see [`salvage`]).
+    /// segment carries: where a salvaged ACK must start (see [`rewrite`]).
     fn note_acks_sent(&mut self) {
         let Engine {
             device,

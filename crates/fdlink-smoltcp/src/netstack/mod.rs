@@ -33,9 +33,10 @@
 //! - Fragmented UDP datagrams are not reassembled; they go to smoltcp,
 //!   which drops them.
 //! - smoltcp 0.14 drops the acknowledgment of a segment outside a closed
-//!   receive window; the engine hands such acknowledgments to it again
+//!   receive window, and takes a FIN behind data it cut off at its window's
+//!   edge; the engine rewrites such segments before smoltcp sees them
 //!   ([`NetstackStats::tcp_acks_salvaged`]), so an echo-like connection
-//!   cannot stall on them.
+//!   neither stalls nor ends a few bytes short.
 //! - With a smoltcp stack on the link's other end (not the kernel), a
 //!   transfer can stop: our scaled window rounds down, which may leave a
 //!   few bytes of that stack's last segment outside it, and when our
@@ -108,13 +109,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod config;
 mod deadline;
 mod engine;
 mod incoming;
+mod pending;
 mod policy;
 mod ready;
+mod rewrite;
 mod ring;
-mod salvage;
 mod stats;
 mod stream;
 mod udp;
@@ -122,243 +125,24 @@ mod wake;
 mod wire;
 
 use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fdlink_core::{Closed, Endpoint, Link, OpenError, StatsSnapshot};
 
-use crate::{DeviceConfig, FdlinkDevice};
+use crate::FdlinkDevice;
 use engine::{Engine, Shared};
 use incoming::Taken;
 use stats::Counters;
 use wake::{Wake, Work};
 
+pub use config::NetstackConfig;
+pub use pending::PendingTcp;
 pub use policy::{DestinationPolicy, SpecialDestination};
 pub use stats::{NetstackStats, Refusal};
 pub use stream::TcpStream;
 pub use udp::UdpFlow;
-
-/// How a [`Netstack`] runs: buffers, caps, timers and policy.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct NetstackConfig {
-    /// smoltcp's buffer per TCP connection, each way: the window the peer
-    /// sees. Default 256 KiB.
-    pub tcp_buffer: usize,
-    /// The ring between engine and application per TCP connection, each
-    /// way. Default 64 KiB.
-    pub stream_buffer: usize,
-    /// Bytes of datagrams (and their two-byte lengths) queued per UDP
-    /// flow, each way. Default 64 KiB.
-    pub udp_buffer: usize,
-    /// Most TCP handshakes in progress at once, per queue. Default 1024.
-    pub max_half_open: usize,
-    /// Most TCP connections (half-open included), per queue. Default
-    /// 16384.
-    pub max_connections: usize,
-    /// Most UDP flows, per queue. Default 4096.
-    pub max_udp_flows: usize,
-    /// A UDP flow without a datagram either way for this long ends.
-    /// Default 60 s.
-    pub udp_idle: Duration,
-    /// Keep-alive probes on idle TCP connections, so a peer that vanished
-    /// is noticed. Default every 30 s.
-    pub keep_alive: Option<Duration>,
-    /// A connection whose data goes unacknowledged this long is reset.
-    /// Default 60 s.
-    pub tcp_timeout: Option<Duration>,
-    /// Once every handle of a connection is gone, how long it may take to
-    /// finish closing (the last data acknowledged, the peer's FIN) before
-    /// it is reset — so a peer that never closes cannot hold it forever.
-    /// Default 60 s, Linux's `tcp_fin_timeout`.
-    pub orphan_linger: Duration,
-    /// Answer ICMP echo requests to any address. Default on.
-    pub icmp_echo: bool,
-    /// Which special destinations are allowed. Default none.
-    pub policy: DestinationPolicy,
-    /// New connections wait for the application's decision
-    /// ([`Netstack::accept_pending`]) before their handshake. Default off.
-    pub decide_before_handshake: bool,
-    /// The smoltcp device of each queue.
-    pub device: DeviceConfig,
-}
-
-impl Default for NetstackConfig {
-    fn default() -> Self {
-        NetstackConfig {
-            tcp_buffer: 256 << 10,
-            stream_buffer: 64 << 10,
-            udp_buffer: 64 << 10,
-            max_half_open: 1024,
-            max_connections: 16384,
-            max_udp_flows: 4096,
-            udp_idle: Duration::from_secs(60),
-            keep_alive: Some(Duration::from_secs(30)),
-            tcp_timeout: Some(Duration::from_secs(60)),
-            orphan_linger: Duration::from_secs(60),
-            icmp_echo: true,
-            policy: DestinationPolicy::strict(),
-            decide_before_handshake: false,
-            device: DeviceConfig::default(),
-        }
-    }
-}
-
-impl NetstackConfig {
-    /// Sets both TCP buffers per connection, each way:
-    /// [`NetstackConfig::tcp_buffer`] and [`NetstackConfig::stream_buffer`].
-    pub fn buffers(mut self, tcp: usize, stream: usize) -> Self {
-        self.tcp_buffer = tcp.max(1024);
-        self.stream_buffer = stream.max(1024);
-        self
-    }
-
-    /// Sets the caps per queue: half-open and all TCP connections, UDP
-    /// flows.
-    pub fn caps(mut self, half_open: usize, connections: usize, udp_flows: usize) -> Self {
-        self.max_half_open = half_open;
-        self.max_connections = connections;
-        self.max_udp_flows = udp_flows;
-        self
-    }
-
-    /// Sets [`NetstackConfig::udp_idle`].
-    pub fn udp_idle(mut self, idle: Duration) -> Self {
-        self.udp_idle = idle;
-        self
-    }
-
-    /// Sets [`NetstackConfig::orphan_linger`].
-    pub fn orphan_linger(mut self, linger: Duration) -> Self {
-        self.orphan_linger = linger;
-        self
-    }
-
-    /// Sets [`NetstackConfig::icmp_echo`].
-    pub fn icmp_echo(mut self, on: bool) -> Self {
-        self.icmp_echo = on;
-        self
-    }
-
-    /// Sets [`NetstackConfig::policy`].
-    pub fn policy(mut self, policy: DestinationPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// Sets [`NetstackConfig::decide_before_handshake`].
-    pub fn decide_before_handshake(mut self, on: bool) -> Self {
-        self.decide_before_handshake = on;
-        self
-    }
-
-    /// Sets [`NetstackConfig::device`].
-    pub fn device(mut self, device: DeviceConfig) -> Self {
-        self.device = device;
-        self
-    }
-}
-
-/// The application's answer about a held connection.
-#[derive(Debug)]
-pub(crate) enum Decision {
-    Accept(Arc<stream::Conn>),
-    Refuse,
-    /// Set by the engine: it stopped waiting and refused the connection.
-    Expired,
-}
-
-/// A TCP connection waiting, before its handshake, for the application to
-/// accept or refuse it ([`NetstackConfig::decide_before_handshake`]). Its
-/// SYN is held meanwhile (up to 10 s, then refused); dropping it refuses.
-#[derive(Debug)]
-pub struct PendingTcp {
-    id: usize,
-    peer: SocketAddr,
-    original_dst: SocketAddr,
-    decision: Arc<Mutex<Option<Decision>>>,
-    buffer: usize,
-    wake: Arc<Wake>,
-    decided: bool,
-}
-
-impl PendingTcp {
-    pub(crate) fn new(
-        id: usize,
-        peer: SocketAddr,
-        original_dst: SocketAddr,
-        decision: Arc<Mutex<Option<Decision>>>,
-        buffer: usize,
-        wake: Arc<Wake>,
-    ) -> Self {
-        PendingTcp {
-            id,
-            peer,
-            original_dst,
-            decision,
-            buffer,
-            wake,
-            decided: false,
-        }
-    }
-
-    /// The peer on the link.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-
-    /// The address and port the peer wants.
-    pub fn original_dst(&self) -> SocketAddr {
-        self.original_dst
-    }
-
-    /// Accepts: the handshake goes on, and the stream is usable at once
-    /// (reads wait for data; writes are sent once the connection is up; a
-    /// handshake that fails ends it with `ConnectionRefused`, and so does
-    /// an accept that comes after the netstack stopped waiting).
-    pub fn accept(mut self) -> TcpStream {
-        let conn = Arc::new(stream::Conn::new(
-            self.id,
-            self.peer,
-            self.original_dst,
-            self.buffer,
-            Arc::clone(&self.wake),
-        ));
-        if !self.decide(Decision::Accept(Arc::clone(&conn))) {
-            conn.lock().error = Some(io::ErrorKind::ConnectionRefused);
-        }
-        TcpStream::new(conn)
-    }
-
-    /// Refuses: the peer gets a reset.
-    pub fn refuse(mut self) {
-        self.decide(Decision::Refuse);
-    }
-
-    /// Hands the decision to the engine; false when it came too late (the
-    /// engine refused the connection already).
-    fn decide(&mut self, decision: Decision) -> bool {
-        self.decided = true;
-        let mut slot = self.decision.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*slot, Some(Decision::Expired)) {
-            return false;
-        }
-        *slot = Some(decision);
-        drop(slot);
-        self.wake.notify(Work::Decided(self.id));
-        true
-    }
-}
-
-impl Drop for PendingTcp {
-    fn drop(&mut self) {
-        if !self.decided {
-            self.decide(Decision::Refuse);
-        }
-    }
-}
 
 /// One engine as the netstack holds it.
 #[derive(Debug)]

@@ -10,18 +10,21 @@ use fdlink_gso::checksum::{self, Checksum};
 use fdlink_gso::wire::{IpVersion, PacketLayout, proto};
 
 /// TCP header flags the engine looks at.
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
 /// What an inbound IP packet is, as far as the engine cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Inbound {
-    /// A TCP segment; `syn` for an opening SYN (SYN without ACK); `ack`
-    /// its acknowledgment number when the ACK flag is set.
+    /// A TCP segment; `syn` for an opening SYN (SYN without ACK), `fin`
+    /// when it carries a FIN; `ack` its acknowledgment number when the ACK
+    /// flag is set.
     Tcp {
         src: SocketAddr,
         dst: SocketAddr,
         syn: bool,
+        fin: bool,
         seq: u32,
         ack: Option<u32>,
         payload_len: usize,
@@ -92,6 +95,7 @@ pub(crate) fn classify(ip: &[u8]) -> Inbound {
                 src: SocketAddr::new(src, sport),
                 dst: SocketAddr::new(dst, dport),
                 syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+                fin: flags & TCP_FIN != 0,
                 seq,
                 ack: (flags & TCP_ACK != 0).then_some(ack),
                 payload_len: layout.ip_len.saturating_sub(layout.payload_offset),

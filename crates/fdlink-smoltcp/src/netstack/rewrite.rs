@@ -1,28 +1,39 @@
-//! Acknowledgments a closed receive window would throw away.
+//! Segments smoltcp 0.14 would mishandle, rewritten before it sees them.
 //!
-//! smoltcp judges a segment's sequence number before anything else and
-//! drops a segment outside its receive window whole, acknowledgment
-//! included. RFC 9293 (3.10.7.4) asks for the opposite when the window is
-//! zero: "special allowance should be made to accept valid ACKs". Without
-//! it an echo-like connection can stop for good: the peer's data segment
-//! that was lost on the link puts the peer's sequence ahead of ours, our
-//! window then closes because the application is blocked writing, its
-//! writes wait for smoltcp's send buffer, and that buffer waits for the
-//! very acknowledgments smoltcp now drops (the peer's retransmissions and
-//! its bare ACKs all start past our window).
-//!
-//! The engine makes up for it. It remembers the acknowledgment number of
-//! the last segment it sent on each connection — the sequence number
-//! smoltcp expects next — and, while a connection's window is closed, hands
+//! **Acknowledgments a closed window would throw away.** smoltcp judges a
+//! segment's sequence number before anything else and drops a segment
+//! outside its receive window whole, acknowledgment included. RFC 9293
+//! (3.10.7.4) asks for the opposite when the window is zero: "special
+//! allowance should be made to accept valid ACKs". Without it an echo-like
+//! connection can stop for good: a peer segment lost on the link puts the
+//! peer's sequence ahead of ours, our window then closes because the
+//! application is blocked writing, its writes wait for smoltcp's send
+//! buffer, and that buffer waits for the very acknowledgments smoltcp now
+//! drops (the peer's retransmissions and bare ACKs all start past our
+//! window). So the engine remembers the acknowledgment number of the last
+//! segment it sent on each connection — the sequence number smoltcp
+//! expects next — and, while a connection's window is closed, hands
 //! smoltcp each new acknowledgment the peer sends a second time, as a bare
 //! ACK at that sequence number, which smoltcp accepts. Only an
 //! acknowledgment newer than every earlier one from the peer is handed
 //! over, so smoltcp never counts one as a duplicate.
+//!
+//! **A FIN behind data that did not fit.** smoltcp takes the part of a
+//! segment inside its window and, when the segment ends with a FIN, takes
+//! the FIN too, even if the end of the data was cut off: the stream ends
+//! a few bytes short. Its scaled window rounds down, so the window's right
+//! edge can move back by up to 2^scale − 1 bytes, and a peer that fills
+//! the window it was offered earlier (any sender limited by our window)
+//! sends exactly such bytes. So a segment carrying data and a FIN goes to
+//! smoltcp as the data without the FIN, then a bare FIN at the end of the
+//! data, which smoltcp takes only when the data before it is all in (the
+//! peer sends the FIN again otherwise).
 
 use fdlink_gso::checksum::{self, Checksum};
 use fdlink_gso::wire::{IpVersion, PacketLayout, proto};
 use smoltcp::socket::tcp;
 
+const TCP_FIN: u8 = 0x01;
 const TCP_ACK: u8 = 0x10;
 
 /// What the engine knows of one connection's acknowledgments.
@@ -89,17 +100,58 @@ pub(crate) fn window_closed(socket: &tcp::Socket<'_>) -> bool {
 /// the ACK flag, lengths and checksums made right. False (and nothing
 /// appended) when `ip` is not a whole TCP segment.
 pub(crate) fn bare_ack(ip: &[u8], seq: u32, out: &mut Vec<u8>) -> bool {
+    rewritten(ip, seq, TCP_ACK, false, out)
+}
+
+/// Appends to `out` segment `ip` (which carries data and a FIN) as two:
+/// its data without the FIN, then a bare FIN at the end of the data;
+/// returns where the second starts. `None` (and nothing appended) when
+/// `ip` is not a whole TCP segment.
+pub(crate) fn split_fin(
+    ip: &[u8],
+    seq: u32,
+    payload_len: usize,
+    out: &mut Vec<u8>,
+) -> Option<usize> {
+    let flags = tcp_flags(ip)?;
+    let start = out.len();
+    if !rewritten(ip, seq, flags & !TCP_FIN, true, out) {
+        return None;
+    }
+    let first = out.len();
+    let fin_seq = seq.wrapping_add(payload_len as u32);
+    if !rewritten(ip, fin_seq, (flags & TCP_ACK) | TCP_FIN, false, out) {
+        out.truncate(start);
+        return None;
+    }
+    Some(first)
+}
+
+fn tcp_flags(ip: &[u8]) -> Option<u8> {
+    let layout = PacketLayout::parse(ip).ok()?;
+    ip.get(layout.l4_offset + 13).copied()
+}
+
+/// Appends to `out` segment `ip` with sequence number `seq`, flags `flags`
+/// and its payload or none; the urgent pointer cleared, lengths and
+/// checksums made right.
+fn rewritten(ip: &[u8], seq: u32, flags: u8, with_payload: bool, out: &mut Vec<u8>) -> bool {
     let Ok(layout) = PacketLayout::parse(ip) else {
         return false;
     };
     if layout.l4_protocol != proto::TCP || layout.fragment || layout.ip_offset != 0 {
         return false;
     }
-    let Some(headers) = ip.get(..layout.payload_offset) else {
+    let end = if with_payload {
+        layout.ip_len
+    } else {
+        layout.payload_offset
+    };
+    let Some(kept) = ip.get(..end) else {
         return false;
     };
     let start = out.len();
-    out.extend_from_slice(headers);
+    out.extend_from_slice(kept);
     let packet = &mut out[start..];
     let total = packet.len();
     let l4 = layout.l4_offset;
@@ -123,8 +175,7 @@ pub(crate) fn bare_ack(ip: &[u8], seq: u32, out: &mut Vec<u8>) -> bool {
     };
     let tcp = &mut packet[l4..];
     tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-    tcp[13] = TCP_ACK;
-    // No urgent pointer without URG.
+    tcp[13] = flags & !0x20; // no URG, so no urgent pointer
     tcp[18..20].fill(0);
     tcp[16..18].fill(0);
     let mut sum: Checksum = pseudo;
@@ -219,6 +270,7 @@ mod tests {
                     src,
                     dst,
                     syn: false,
+                    fin: false,
                     seq: 777,
                     ack: Some(2000),
                     payload_len: 0
@@ -232,6 +284,43 @@ mod tests {
             if !v6 {
                 assert_eq!(checksum::checksum(&ack[..20]), 0, "IPv4 header checksum");
             }
+        }
+    }
+
+    #[test]
+    fn a_fin_behind_data_is_split_into_the_data_then_a_bare_fin() {
+        for v6 in [false, true] {
+            let seg = segment(v6, 0x10 | 0x08 | 0x01, &[], b"last bytes");
+            let mut out = vec![0xee];
+            let second = split_fin(&seg, 1000, 10, &mut out).expect("a TCP segment");
+            let (data, fin) = (&out[1..second], &out[second..]);
+            assert_eq!(data.len(), seg.len());
+            let Inbound::Tcp {
+                seq,
+                payload_len,
+                fin: has_fin,
+                ..
+            } = classify(data)
+            else {
+                panic!("TCP");
+            };
+            assert_eq!((seq, payload_len, has_fin), (1000, 10, false));
+            assert_eq!(&data[data.len() - 10..], b"last bytes");
+            let Inbound::Tcp {
+                seq,
+                payload_len,
+                fin: has_fin,
+                ack,
+                ..
+            } = classify(fin)
+            else {
+                panic!("TCP");
+            };
+            assert_eq!(
+                (seq, payload_len, has_fin, ack),
+                (1010, 0, true, Some(2000))
+            );
+            assert!(verifies(data) && verifies(fin));
         }
     }
 
@@ -259,6 +348,10 @@ mod tests {
     proptest! {
         #[test]
         fn parse_and_bare_ack_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), seq in any::<u32>()) {
+            let mut split = Vec::new();
+            if let Some(second) = split_fin(&bytes, seq, 3, &mut split) {
+                prop_assert!(second <= split.len());
+            }
             let mut out = Vec::new();
             if bare_ack(&bytes, seq, &mut out) {
                 match classify(&out) {

@@ -1,17 +1,25 @@
-//! A connection whose receive window is closed still takes the peer's
-//! acknowledgments. smoltcp, left alone, drops a segment outside its
-//! window whole, acknowledgment included; an echo server whose window
-//! closed while it waits for room to write then waits for ever once one
-//! of the peer's segments was lost (the peer's later segments, its bare
-//! ACKs included, all start past the window). The netstack hands smoltcp
-//! such an acknowledgment again as a bare ACK it accepts
-//! (`NetstackStats::tcp_acks_salvaged`).
+//! Segments smoltcp mishandles, which the netstack rewrites before it
+//! sees them:
+//!
+//! - A connection whose receive window is closed still takes the peer's
+//!   acknowledgments. smoltcp, left alone, drops a segment outside its
+//!   window whole, acknowledgment included; an echo server whose window
+//!   closed while it waits for room to write then waits for ever once one
+//!   of the peer's segments was lost (the peer's later segments, its bare
+//!   ACKs included, all start past the window). The netstack hands smoltcp
+//!   such an acknowledgment again as a bare ACK it accepts
+//!   (`NetstackStats::tcp_acks_salvaged`).
+//! - A FIN behind data that does not all fit the window does not end the
+//!   stream early. smoltcp, left alone, takes the part of the data inside
+//!   the window and the FIN too: the application reads an end of stream a
+//!   few bytes short (a peer filling a window whose scaled edge moved back
+//!   sends exactly that).
 //!
 //! The peer is the test itself, writing raw IP packets into a
 //! `SOCK_SEQPACKET` socketpair: no privileges needed. Every wait is
 //! bounded.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread;
@@ -164,4 +172,130 @@ fn acknowledgments_reach_a_connection_whose_window_is_closed() {
         netstack.stats()
     );
     drop(stream);
+}
+
+/// A netstack with 1 KiB buffers each way and one connection from the raw
+/// peer, established; returns the peer's next sequence number and the
+/// netstack's.
+fn connected(
+    port: u16,
+) -> (
+    Netstack,
+    fdlink_smoltcp::netstack::TcpStream,
+    OwnedFd,
+    SocketAddr,
+    SocketAddr,
+    u32,
+    u32,
+) {
+    let (ours, peer_end) = socketpair(SocketType::SeqPacket).expect("socketpair");
+    let netstack = Netstack::open(
+        Link::socket(ours),
+        NetstackConfig::default().buffers(1024, 1024),
+    )
+    .expect("netstack");
+    let peer: SocketAddr = format!("10.0.0.1:{port}").parse().unwrap();
+    let dst: SocketAddr = "10.9.9.9:80".parse().unwrap();
+    send(&peer_end, &tcp_segment(peer, dst, 1000, 0, SYN, &[]));
+    let (synack, _) = next_segment(&peer_end, dst, peer, LIMIT).expect("a SYN-ACK");
+    assert!(synack.has(SYN | ACK));
+    let theirs = synack.seq.wrapping_add(1);
+    send(&peer_end, &tcp_segment(peer, dst, 1001, theirs, ACK, &[]));
+    let stream = netstack
+        .accept_timeout(LIMIT)
+        .expect("netstack open")
+        .expect("the connection");
+    (netstack, stream, peer_end, peer, dst, 1001, theirs)
+}
+
+/// The latest window the netstack advertised after the peer's last
+/// segment, and the sequence number it expects, once it has gone quiet.
+fn latest_ack(peer_end: &OwnedFd, dst: SocketAddr, peer: SocketAddr) -> (u32, u16) {
+    let mut latest = None;
+    while let Some((t, _)) = next_segment(peer_end, dst, peer, Duration::from_millis(300)) {
+        if t.has(ACK) {
+            latest = Some((t.ack, t.window));
+        }
+    }
+    latest.expect("the netstack acknowledges")
+}
+
+#[test]
+fn a_fin_behind_data_that_does_not_fit_does_not_end_the_stream_early() {
+    let (_netstack, mut stream, peer_end, peer, dst, mut seq, theirs) = connected(7300);
+    let mut sent: Vec<u8> = Vec::new();
+    // Fill the receive side (the application does not read) until the
+    // window is smaller than a chunk.
+    let window = loop {
+        let chunk: Vec<u8> = (0..500).map(|i| (sent.len() + i) as u8).collect();
+        send(
+            &peer_end,
+            &tcp_segment(peer, dst, seq, theirs, ACK | PSH, &chunk),
+        );
+        sent.extend_from_slice(&chunk);
+        let (ack, window) = latest_ack(&peer_end, dst, peer);
+        assert_eq!(ack, seq.wrapping_add(500), "each chunk is taken whole");
+        seq = ack;
+        if window < 500 {
+            break window as usize;
+        }
+    };
+    assert!(
+        window > 0,
+        "the window closed before the test could overrun it"
+    );
+    // The last data and the FIN, 4 bytes more than the window: as a peer
+    // filling an edge that since moved back would send.
+    let tail: Vec<u8> = (0..window + 4)
+        .map(|i| (sent.len() + i) as u8 ^ 0x5a)
+        .collect();
+    send(
+        &peer_end,
+        &tcp_segment(peer, dst, seq, theirs, ACK | PSH | 0x01, &tail),
+    );
+    let (ack, _) = latest_ack(&peer_end, dst, peer);
+    assert_eq!(
+        ack,
+        seq.wrapping_add(window as u32),
+        "the data inside the window is taken, the FIN is not"
+    );
+    // The application reads everything taken, and no end of stream yet.
+    stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let taken = sent.len() + window;
+    let mut got = vec![0u8; taken];
+    stream.read_exact(&mut got).expect("the data taken");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!(
+            "after {taken} of {} bytes the stream gave {other:?}, not a wait",
+            taken + 4
+        ),
+    }
+    // The peer sends what was not taken again, with its FIN.
+    send(
+        &peer_end,
+        &tcp_segment(
+            peer,
+            dst,
+            seq.wrapping_add(window as u32),
+            theirs,
+            ACK | PSH | 0x01,
+            &tail[window..],
+        ),
+    );
+    stream.set_read_timeout(Some(LIMIT));
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("the rest and the end of stream");
+    got.extend_from_slice(&rest);
+    let mut expected = sent;
+    expected.extend_from_slice(&tail);
+    assert!(
+        got == expected,
+        "{} bytes read, {} sent",
+        got.len(),
+        expected.len()
+    );
 }
